@@ -1,0 +1,1 @@
+"""api-gateway-app: the only entry point. Proxies movies and orders, publishes billing orders."""

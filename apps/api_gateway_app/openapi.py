@@ -1,0 +1,430 @@
+"""The OpenAPI 3 document of the public API: the single description of every route,
+served at /openapi.json and rendered at /docs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from common.app_main import DEFAULT_MAX_BODY_BYTES
+
+_JSON = "application/json"
+
+
+def _error(description: str, example: str) -> dict[str, Any]:
+    return {
+        "description": description,
+        "content": {
+            _JSON: {
+                "schema": {"$ref": "#/components/schemas/Error"},
+                "example": {"error": example, "request_id": "3f2c9a1e0b7d4c55a1e2f3b4c5d6e7f8"},
+            }
+        },
+    }
+
+
+def _ok(description: str, schema: dict[str, Any], example: Any) -> dict[str, Any]:
+    return {"description": description, "content": {_JSON: {"schema": schema, "example": example}}}
+
+
+def _body(schema_ref: str, example: dict[str, Any], description: str) -> dict[str, Any]:
+    return {
+        "required": True,
+        "description": description,
+        "content": {_JSON: {"schema": {"$ref": schema_ref}, "example": example}},
+    }
+
+
+_MOVIE = {"id": 1, "title": "Inception", "description": "A thief who steals corporate secrets through dreams."}
+_BAD_JSON = _error(
+    "Malformed JSON, a wrong type, an unknown field or a value out of range.", "title must be 1 to 255 characters long"
+)
+_TOO_LARGE = _error(
+    f"The body exceeds {DEFAULT_MAX_BODY_BYTES} bytes.",
+    f"request body too large (limit {DEFAULT_MAX_BODY_BYTES} bytes)",
+)
+_NOT_JSON = _error(
+    "The body is not declared as application/json.", "request body must be JSON (Content-Type: application/json)"
+)
+_NOT_FOUND = _error("No movie has this id (also for an id that is not an integer).", "movie not found")
+_BAD_GATEWAY = _error("inventory-app or billing-app cannot be reached.", "inventory-app is unreachable")
+_TIMEOUT = _error("The internal app did not answer in time.", "inventory-app did not answer in time")
+_DB_DOWN = _error(
+    "The database behind the app is unavailable; retry shortly.", "database unavailable, try again shortly"
+)
+_UPSTREAM = {"502": _BAD_GATEWAY, "503": _DB_DOWN, "504": _TIMEOUT}
+_MOVIE_ID = {
+    "name": "id",
+    "in": "path",
+    "required": True,
+    "description": "The movie's id.",
+    "schema": {"type": "integer", "minimum": 1},
+    "example": 1,
+}
+_REQUEST_ID_HEADER = {
+    "X-Request-ID": {
+        "description": "The request's id (the client's if it sent a valid one).",
+        "schema": {"type": "string"},
+    }
+}
+
+
+def _with_request_id(responses: dict[str, Any]) -> dict[str, Any]:
+    for response in responses.values():
+        response["headers"] = _REQUEST_ID_HEADER
+    return responses
+
+
+def document() -> dict[str, Any]:
+    movie_ref = {"$ref": "#/components/schemas/Movie"}
+    paths: dict[str, Any] = {
+        "/api/movies": {
+            "get": {
+                "operationId": "listMovies",
+                "tags": ["movies"],
+                "summary": "List movies",
+                "description": "All movies ordered by id. `title` keeps movies whose title contains the text, "
+                "ignoring case (`%` and `_` are taken literally). `limit`/`offset` page the list.",
+                "parameters": [
+                    {
+                        "name": "title",
+                        "in": "query",
+                        "required": False,
+                        "schema": {"type": "string"},
+                        "description": "Case-insensitive substring of the title.",
+                        "example": "incep",
+                    },
+                    {
+                        "name": "limit",
+                        "in": "query",
+                        "required": False,
+                        "schema": {"type": "integer", "minimum": 1, "maximum": 1000},
+                        "description": "At most this many movies.",
+                    },
+                    {
+                        "name": "offset",
+                        "in": "query",
+                        "required": False,
+                        "schema": {"type": "integer", "minimum": 0},
+                        "description": "Skip this many movies first.",
+                    },
+                ],
+                "responses": {
+                    "200": _ok("The movies.", {"type": "array", "items": movie_ref}, [_MOVIE]),
+                    "400": _error(
+                        "`limit` or `offset` is not a valid integer.", "limit must be an integer from 1 to 1000"
+                    ),
+                    **_UPSTREAM,
+                },
+            },
+            "post": {
+                "operationId": "createMovie",
+                "tags": ["movies"],
+                "summary": "Create a movie",
+                "description": "Stores a new movie and returns it with its id. Answers 200 (not 201), "
+                "as the crud-master audit expects.",
+                "requestBody": _body(
+                    "#/components/schemas/NewMovie",
+                    {"title": "Inception", "description": "Dreams within dreams."},
+                    "The movie; `description` defaults to an empty string.",
+                ),
+                "responses": {
+                    "200": _ok("The created movie.", movie_ref, _MOVIE),
+                    "400": _BAD_JSON,
+                    "413": _TOO_LARGE,
+                    "415": _NOT_JSON,
+                    **_UPSTREAM,
+                },
+            },
+            "delete": {
+                "operationId": "deleteMovies",
+                "tags": ["movies"],
+                "summary": "Delete every movie",
+                "description": "Removes all movies and says how many there were.",
+                "responses": {
+                    "200": _ok(
+                        "How many movies were deleted.", {"$ref": "#/components/schemas/Deleted"}, {"deleted": 3}
+                    ),
+                    **_UPSTREAM,
+                },
+            },
+        },
+        "/api/movies/{id}": {
+            "parameters": [_MOVIE_ID],
+            "get": {
+                "operationId": "getMovie",
+                "tags": ["movies"],
+                "summary": "Get one movie",
+                "description": "The movie with this id.",
+                "responses": {"200": _ok("The movie.", movie_ref, _MOVIE), "404": _NOT_FOUND, **_UPSTREAM},
+            },
+            "put": {
+                "operationId": "updateMovie",
+                "tags": ["movies"],
+                "summary": "Update a movie",
+                "description": "Changes the given fields (`title`, `description` or both) and returns the movie.",
+                "requestBody": _body(
+                    "#/components/schemas/MovieChanges",
+                    {"description": "Mind-bending."},
+                    "The fields to change; at least one.",
+                ),
+                "responses": {
+                    "200": _ok("The updated movie.", movie_ref, _MOVIE),
+                    "400": _BAD_JSON,
+                    "404": _NOT_FOUND,
+                    "413": _TOO_LARGE,
+                    "415": _NOT_JSON,
+                    **_UPSTREAM,
+                },
+            },
+            "delete": {
+                "operationId": "deleteMovie",
+                "tags": ["movies"],
+                "summary": "Delete a movie",
+                "description": "Removes the movie and returns it as it was.",
+                "responses": {"200": _ok("The deleted movie.", movie_ref, _MOVIE), "404": _NOT_FOUND, **_UPSTREAM},
+            },
+        },
+        "/api/billing": {
+            "post": {
+                "operationId": "createOrder",
+                "tags": ["billing"],
+                "summary": "Queue an order for billing",
+                "description": "Validates the order and publishes it as a persistent message to the billing queue. "
+                "200 only after RabbitMQ confirmed it: the order will be stored by billing-app, "
+                "even if billing-app is stopped right now. Numbers may be sent as numeric strings.",
+                "requestBody": _body(
+                    "#/components/schemas/Order",
+                    {"user_id": "20", "number_of_items": "99", "total_amount": "250"},
+                    "The order.",
+                ),
+                "responses": {
+                    "200": _ok(
+                        "The order is queued.",
+                        {"$ref": "#/components/schemas/Queued"},
+                        {"status": "queued", "message_id": "8c3b6f4e-2f0a-4c1e-9a57-0d5f2b7e9c11"},
+                    ),
+                    "400": _error(
+                        "An invalid order; nothing was published.",
+                        "total_amount must be a non-negative amount with at most 2 decimal places",
+                    ),
+                    "413": _TOO_LARGE,
+                    "415": _NOT_JSON,
+                    "503": _error(
+                        "RabbitMQ is unreachable or did not confirm; nothing was queued.",
+                        "billing is unavailable, the order was not queued; try again shortly",
+                    ),
+                },
+            },
+        },
+        "/api/orders": {
+            "get": {
+                "operationId": "listOrders",
+                "tags": ["billing"],
+                "summary": "List stored orders",
+                "description": "Orders that billing-app has stored, ordered by id (read-only).",
+                "parameters": [
+                    {
+                        "name": "user_id",
+                        "in": "query",
+                        "required": False,
+                        "schema": {"type": "integer", "minimum": 1},
+                        "description": "Only this user's orders.",
+                    },
+                    {
+                        "name": "limit",
+                        "in": "query",
+                        "required": False,
+                        "schema": {"type": "integer", "minimum": 1, "maximum": 1000},
+                        "description": "At most this many orders.",
+                    },
+                    {
+                        "name": "offset",
+                        "in": "query",
+                        "required": False,
+                        "schema": {"type": "integer", "minimum": 0},
+                        "description": "Skip this many orders first.",
+                    },
+                ],
+                "responses": {
+                    "200": _ok(
+                        "The orders.",
+                        {"type": "array", "items": {"$ref": "#/components/schemas/StoredOrder"}},
+                        [
+                            {
+                                "id": 1,
+                                "user_id": 20,
+                                "number_of_items": 99,
+                                "total_amount": "250.00",
+                                "message_id": "8c3b6f4e-2f0a-4c1e-9a57-0d5f2b7e9c11",
+                                "created_at": "2026-11-28T10:00:00.000000+00:00",
+                            }
+                        ],
+                    ),
+                    "400": _error("A query parameter is not a valid integer.", "user_id must be a positive integer"),
+                    **_UPSTREAM,
+                },
+            },
+        },
+        "/health": {
+            "get": {
+                "operationId": "health",
+                "tags": ["operations"],
+                "summary": "Health of the gateway",
+                "description": "200 when the gateway can serve: RabbitMQ accepts its messages and inventory-app "
+                "answers. billing-app is reported but not required (orders queue while it is down).",
+                "responses": {
+                    "200": _ok(
+                        "Usable.",
+                        {"$ref": "#/components/schemas/Health"},
+                        {"status": "ok", "checks": {"broker": "ok", "inventory-app": "ok", "billing-app": "ok"}},
+                    ),
+                    "503": _ok(
+                        "A required dependency is down.",
+                        {"$ref": "#/components/schemas/Health"},
+                        {
+                            "status": "unavailable",
+                            "checks": {"broker": "down", "inventory-app": "ok", "billing-app": "ok"},
+                        },
+                    ),
+                },
+            },
+        },
+        "/openapi.json": {
+            "get": {
+                "operationId": "openapi",
+                "tags": ["operations"],
+                "summary": "This document",
+                "description": "The OpenAPI 3 description of the API.",
+                "responses": {
+                    "200": {"description": "The document.", "content": {_JSON: {"schema": {"type": "object"}}}}
+                },
+            },
+        },
+        "/docs": {
+            "get": {
+                "operationId": "docs",
+                "tags": ["operations"],
+                "summary": "Documentation page",
+                "description": "This document rendered as a page for people.",
+                "responses": {
+                    "200": {"description": "The page.", "content": {"text/html": {"schema": {"type": "string"}}}}
+                },
+            },
+        },
+    }
+    for item in paths.values():
+        for method, operation in item.items():
+            if method != "parameters":
+                _with_request_id(operation["responses"])
+    string = {"type": "string"}
+    return {
+        "openapi": "3.0.3",
+        "info": {
+            "title": "play-with-containers API",
+            "version": "1.0.0",
+            "description": "The public API of the movie-streaming platform, served by api-gateway-app on port 3000. "
+            'Every route also accepts a trailing slash. Errors are JSON `{"error": ...}`. '
+            "Each answer carries an `X-Request-ID` header (send your own to trace a request).",
+        },
+        "servers": [{"url": "http://localhost:3000"}],
+        "tags": [
+            {"name": "movies", "description": "The movie inventory (inventory-app)."},
+            {"name": "billing", "description": "Orders, queued through RabbitMQ and stored by billing-app."},
+            {"name": "operations", "description": "Health and documentation."},
+        ],
+        "paths": paths,
+        "components": {
+            "schemas": {
+                "Movie": {
+                    "type": "object",
+                    "required": ["id", "title", "description"],
+                    "additionalProperties": False,
+                    "properties": {
+                        "id": {"type": "integer"},
+                        "title": {"type": "string", "minLength": 1, "maxLength": 255},
+                        "description": {"type": "string", "maxLength": 10000},
+                    },
+                },
+                "NewMovie": {
+                    "type": "object",
+                    "required": ["title"],
+                    "additionalProperties": False,
+                    "properties": {
+                        "title": {"type": "string", "minLength": 1, "maxLength": 255},
+                        "description": {"type": "string", "maxLength": 10000, "default": ""},
+                    },
+                },
+                "MovieChanges": {
+                    "type": "object",
+                    "minProperties": 1,
+                    "additionalProperties": False,
+                    "properties": {
+                        "title": {"type": "string", "minLength": 1, "maxLength": 255},
+                        "description": {"type": "string", "maxLength": 10000},
+                    },
+                },
+                "Deleted": {"type": "object", "required": ["deleted"], "properties": {"deleted": {"type": "integer"}}},
+                "Order": {
+                    "type": "object",
+                    "required": ["user_id", "number_of_items", "total_amount"],
+                    "additionalProperties": False,
+                    "properties": {
+                        "user_id": {
+                            "oneOf": [
+                                {"type": "integer", "minimum": 1, "maximum": 2147483647},
+                                {"type": "string", "pattern": "^[0-9]+$"},
+                            ],
+                            "description": "A positive integer, or a string of digits.",
+                        },
+                        "number_of_items": {
+                            "oneOf": [
+                                {"type": "integer", "minimum": 1, "maximum": 2147483647},
+                                {"type": "string", "pattern": "^[0-9]+$"},
+                            ],
+                            "description": "A positive integer, or a string of digits.",
+                        },
+                        "total_amount": {
+                            "oneOf": [
+                                {"type": "number", "minimum": 0, "maximum": 9999999999.99},
+                                {"type": "string", "pattern": "^[0-9]+(\\.[0-9]{1,2})?$"},
+                            ],
+                            "description": "A non-negative amount with at most 2 decimal places.",
+                        },
+                    },
+                },
+                "Queued": {
+                    "type": "object",
+                    "required": ["status", "message_id"],
+                    "properties": {
+                        "status": {"type": "string", "enum": ["queued"]},
+                        "message_id": {"type": "string", "format": "uuid"},
+                    },
+                },
+                "StoredOrder": {
+                    "type": "object",
+                    "required": ["id", "user_id", "number_of_items", "total_amount", "message_id", "created_at"],
+                    "properties": {
+                        "id": {"type": "integer"},
+                        "user_id": {"type": "integer"},
+                        "number_of_items": {"type": "integer"},
+                        "total_amount": {**string, "description": "Decimal with 2 places."},
+                        "message_id": {**string, "format": "uuid"},
+                        "created_at": {**string, "format": "date-time"},
+                    },
+                },
+                "Health": {
+                    "type": "object",
+                    "required": ["status"],
+                    "properties": {"status": string, "checks": {"type": "object", "additionalProperties": string}},
+                },
+                "Error": {
+                    "type": "object",
+                    "required": ["error"],
+                    "properties": {
+                        "error": {**string, "description": "What went wrong, for people."},
+                        "request_id": string,
+                    },
+                },
+            }
+        },
+    }

@@ -1,0 +1,191 @@
+"""Publishing billing orders to RabbitMQ with publisher confirms.
+
+One long-lived connection, owned by one I/O thread (pika's SelectConnection, which handles
+heartbeats). Web threads hand a message over with ``add_callback_threadsafe`` and wait for the
+broker's confirm, so many confirms are in flight at once. A request gets 200 only after the broker
+confirmed the message (persisted, routed); otherwise :class:`PublishFailed` (503) within a bounded time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import threading
+import time
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
+
+import pika
+import pika.channel
+import pika.frame
+from pika.spec import Basic
+
+from common.amqp import BrokerSettings
+
+log = logging.getLogger(__name__)
+
+
+class PublishFailed(Exception):
+    """The broker did not confirm the message: it must be considered not queued."""
+
+
+class Publisher:
+    def __init__(self, settings: BrokerSettings, confirm_timeout: float) -> None:
+        self._settings = settings
+        self._confirm_timeout = confirm_timeout
+        self._connection: pika.SelectConnection | None = None
+        self._channel: pika.channel.Channel | None = None
+        self._ready = threading.Event()
+        self._stopping = threading.Event()
+        # Touched only by the I/O thread:
+        self._pending: dict[int, tuple[str, Future[None]]] = {}
+        self._returned: set[str] = set()
+        self._last_tag = 0
+        self._thread = threading.Thread(target=self._run, name="amqp-publisher", daemon=True)
+
+    # --- called from web threads ---------------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread.start()
+
+    @property
+    def ready(self) -> bool:
+        return self._ready.is_set()
+
+    def publish(self, body: bytes, message_id: str, headers: dict[str, str]) -> None:
+        """Publish one persistent message; return once the broker confirmed it."""
+        connection = self._connection
+        if connection is None or not self._ready.is_set():
+            raise PublishFailed("broker unavailable")
+        future: Future[None] = Future()
+        try:
+            connection.ioloop.add_callback_threadsafe(
+                functools.partial(self._publish_on_loop, body, message_id, headers, future)
+            )
+        except Exception as exc:  # noqa: BLE001 - the I/O loop is closing
+            raise PublishFailed(f"broker unavailable ({exc})") from None
+        try:
+            future.result(timeout=self._confirm_timeout)
+        except FutureTimeout:
+            raise PublishFailed("the broker did not confirm the message in time") from None
+
+    def stop(self) -> None:
+        self._stopping.set()
+        connection = self._connection
+        if connection is not None:
+            with contextlib.suppress(Exception):  # already closed
+                connection.ioloop.add_callback_threadsafe(self._close_connection)
+        self._thread.join(timeout=10)
+
+    # --- the I/O thread ------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        delay = 0.5
+        while not self._stopping.is_set():
+            connection = pika.SelectConnection(
+                self._settings.parameters("api-gateway-app publisher"),
+                on_open_callback=self._on_connection_open,
+                on_open_error_callback=self._on_connection_open_error,
+                on_close_callback=self._on_connection_closed,
+            )
+            self._connection = connection
+            started = time.monotonic()
+            connection.ioloop.start()  # returns when the connection is gone
+            self._ready.clear()
+            self._channel = None
+            self._fail_pending("connection to the broker lost")
+            if self._stopping.is_set():
+                break
+            if time.monotonic() - started > 30:
+                delay = 0.5  # it had been working: retry quickly
+            log.warning("broker connection down; reconnecting in %.1fs", delay)
+            self._stopping.wait(delay)
+            delay = min(delay * 2, 5.0)
+
+    def _close_connection(self) -> None:
+        if self._connection is not None and self._connection.is_open:
+            self._connection.close()
+
+    def _on_connection_open(self, connection: pika.SelectConnection) -> None:
+        connection.channel(on_open_callback=self._on_channel_open)
+
+    def _on_connection_open_error(self, connection: pika.SelectConnection, error: BaseException) -> None:
+        log.warning("cannot connect to the broker: %r", error)
+        connection.ioloop.stop()
+
+    def _on_connection_closed(self, connection: pika.SelectConnection, reason: BaseException) -> None:
+        if not self._stopping.is_set():
+            log.warning("broker connection closed: %r", reason)
+        connection.ioloop.stop()
+
+    def _on_channel_open(self, channel: pika.channel.Channel) -> None:
+        self._channel = channel
+        channel.add_on_close_callback(self._on_channel_closed)
+        channel.add_on_return_callback(self._on_return)
+        # Verify the topology the broker defined; never declare our own copy.
+        channel.exchange_declare(self._settings.exchange, passive=True, callback=self._on_exchange_ok)
+
+    def _on_exchange_ok(self, _frame: pika.frame.Method) -> None:
+        if self._channel is not None:
+            self._channel.confirm_delivery(ack_nack_callback=self._on_confirm, callback=self._on_confirm_mode)
+
+    def _on_confirm_mode(self, _frame: pika.frame.Method) -> None:
+        self._last_tag = 0
+        self._ready.set()
+        log.info("publishing to exchange %r with confirms", self._settings.exchange)
+
+    def _on_channel_closed(self, _channel: pika.channel.Channel, reason: BaseException) -> None:
+        self._ready.clear()
+        log.error("broker channel closed: %r", reason)
+        self._fail_pending("broker channel closed")
+        self._close_connection()
+
+    def _publish_on_loop(self, body: bytes, message_id: str, headers: dict[str, str], future: Future[None]) -> None:
+        channel = self._channel
+        if channel is None or not channel.is_open or not self._ready.is_set():
+            future.set_exception(PublishFailed("broker unavailable"))
+            return
+        properties = pika.BasicProperties(
+            content_type="application/json",
+            delivery_mode=pika.DeliveryMode.Persistent,
+            message_id=message_id,
+            timestamp=int(time.time()),
+            headers=headers,
+            app_id="api-gateway-app",
+        )
+        self._last_tag += 1
+        self._pending[self._last_tag] = (message_id, future)
+        channel.basic_publish(
+            self._settings.exchange, self._settings.queue, body, properties=properties, mandatory=True
+        )
+
+    def _on_return(
+        self, _channel: pika.channel.Channel, _method: Basic.Return, properties: pika.BasicProperties, _body: bytes
+    ) -> None:
+        # An unroutable message comes back before its ack: remember it so the ack becomes a failure.
+        self._returned.add(properties.message_id)
+
+    def _on_confirm(self, frame: pika.frame.Method) -> None:
+        method = frame.method
+        tag = method.delivery_tag
+        tags = sorted(t for t in self._pending if t <= tag) if method.multiple else [tag]
+        for confirmed in tags:
+            entry = self._pending.pop(confirmed, None)
+            if entry is None:
+                continue
+            message_id, future = entry
+            if isinstance(method, Basic.Nack):
+                future.set_exception(PublishFailed("the broker refused the message"))
+            elif message_id in self._returned:
+                self._returned.discard(message_id)
+                future.set_exception(PublishFailed("the message could not be routed to the billing queue"))
+            else:
+                future.set_result(None)
+
+    def _fail_pending(self, reason: str) -> None:
+        pending, self._pending = self._pending, {}
+        self._returned.clear()
+        for _message_id, future in pending.values():
+            if not future.done():
+                future.set_exception(PublishFailed(reason))

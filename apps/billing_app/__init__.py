@@ -1,0 +1,1 @@
+"""billing-app: consumes orders from the billing queue into the billing database; read-only HTTP API."""

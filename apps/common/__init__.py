@@ -1,0 +1,1 @@
+"""Code shared by inventory-app, billing-app and api-gateway-app (copied into each image)."""

@@ -1,0 +1,52 @@
+"""Broker settings shared by the publisher (gateway) and the consumer (billing-app).
+
+The topology (exchange, quorum queue, dead-letter queue) is defined once by the broker's own
+configuration; apps only verify it with passive declarations.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pika
+
+from common.config import Env
+
+
+@dataclass(frozen=True)
+class BrokerSettings:
+    host: str
+    port: int
+    user: str
+    password: str
+    queue: str
+    exchange: str
+    heartbeat: int
+    connect_timeout: float
+
+    @classmethod
+    def from_env(cls, env: Env, role: str) -> BrokerSettings:
+        """``role`` is GATEWAY or BILLING: which broker user's credentials to read."""
+        return cls(
+            host=env.str("RABBITMQ_HOST", "rabbit-queue"),
+            port=env.int("RABBITMQ_PORT", 5672, 1, 65535),
+            user=env.str(f"RABBITMQ_{role}_USER"),
+            password=env.str(f"RABBITMQ_{role}_PASSWORD"),
+            queue=env.str("RABBITMQ_QUEUE", "billing_queue"),
+            exchange=env.str("RABBITMQ_EXCHANGE", "billing"),
+            heartbeat=env.int("RABBITMQ_HEARTBEAT", 30, 0, 600),
+            connect_timeout=env.float("RABBITMQ_CONNECT_TIMEOUT", 3.0, 0.1),
+        )
+
+    def parameters(self, name: str) -> pika.ConnectionParameters:
+        return pika.ConnectionParameters(
+            host=self.host,
+            port=self.port,
+            credentials=pika.PlainCredentials(self.user, self.password, erase_on_connect=False),
+            heartbeat=self.heartbeat,
+            socket_timeout=self.connect_timeout,
+            stack_timeout=self.connect_timeout * 2,
+            blocked_connection_timeout=60,
+            connection_attempts=1,
+            client_properties={"connection_name": name},
+        )

@@ -1,0 +1,52 @@
+"""Start-up shared by the apps: logging, settings errors, the HTTP server."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from common import logs, web
+from common.config import ConfigError, Env
+
+DEFAULT_MAX_BODY_BYTES = 64 * 1024
+
+
+@dataclass(frozen=True)
+class HttpSettings:
+    port: int
+    threads: int
+    max_body_bytes: int
+
+    @classmethod
+    def from_env(cls, env: Env, default_port: int = 8080) -> HttpSettings:
+        return cls(
+            port=env.int("HTTP_PORT", default_port, 1, 65535),
+            threads=env.int("HTTP_THREADS", 8, 1, 256),
+            max_body_bytes=env.int("MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES, 1024, 16 * 1024 * 1024),
+        )
+
+
+def serve_http(app: Any, http: HttpSettings) -> None:
+    web.serve(
+        app,
+        port=http.port,
+        threads=http.threads,
+        # waitress refuses (plain text) what is far above our limit; the app answers 413 JSON below it.
+        max_request_body_size=max(16 * 1024 * 1024, http.max_body_bytes * 4),
+        channel_timeout=60,
+        connection_limit=1000,
+    )
+
+
+def run(main: Callable[[], None]) -> None:
+    """Run an app's ``main`` with logging set up; a configuration problem is one clear line."""
+    logs.setup(os.environ.get("LOG_LEVEL", "INFO"))
+    try:
+        main()
+    except ConfigError as exc:
+        logging.getLogger("config").error("error: %s", exc)
+        sys.exit(2)

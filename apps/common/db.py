@@ -1,0 +1,192 @@
+"""A small thread-safe pool of pg8000 connections with explicit transactions.
+
+Broken connections are detected (network errors, server shutdown) and replaced; while the
+database is unreachable, callers get :class:`DatabaseUnavailable` quickly instead of hanging.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import pg8000.native
+from pg8000.exceptions import DatabaseError, InterfaceError
+
+from common.config import Env
+
+log = logging.getLogger(__name__)
+
+# SQLSTATE classes meaning "this connection or server cannot be used now":
+# 08 connection exception, 53 insufficient resources, 57 operator intervention (shutdown), 58 system error.
+_UNAVAILABLE_CLASSES = ("08", "53", "57", "58")
+
+
+class DatabaseUnavailable(Exception):
+    """The database cannot be reached or is shutting down; the operation was not done."""
+
+
+def sqlstate(exc: DatabaseError) -> str:
+    details = exc.args[0] if exc.args and isinstance(exc.args[0], dict) else {}
+    return str(details.get("C", ""))
+
+
+@dataclass(frozen=True)
+class DbSettings:
+    host: str
+    port: int
+    name: str
+    user: str
+    password: str
+    connect_timeout: float
+    statement_timeout_ms: int
+
+    @classmethod
+    def from_env(cls, env: Env) -> DbSettings:
+        return cls(
+            host=env.str("DB_HOST"),
+            port=env.int("DB_PORT", 5432, 1, 65535),
+            name=env.str("DB_NAME"),
+            user=env.str("DB_USER"),
+            password=env.str("DB_PASSWORD"),
+            connect_timeout=env.float("DB_CONNECT_TIMEOUT", 2.0, 0.1),
+            statement_timeout_ms=env.int("DB_STATEMENT_TIMEOUT_MS", 5000, 1),
+        )
+
+
+class Pool:
+    """At most ``size`` connections, reused LIFO; a connection is used by one thread at a time."""
+
+    def __init__(self, settings: DbSettings, size: int, application_name: str) -> None:
+        self._settings = settings
+        self._application_name = application_name
+        self._slots = threading.BoundedSemaphore(size)
+        self._idle: list[pg8000.native.Connection] = []
+        self._lock = threading.Lock()
+
+    def _connect(self) -> pg8000.native.Connection:
+        s = self._settings
+        try:
+            sock = socket.create_connection((s.host, s.port), timeout=s.connect_timeout)
+        except OSError as exc:
+            raise DatabaseUnavailable(f"cannot connect to {s.host}:{s.port}: {exc}") from None
+        # Queries get the server-side statement timeout plus a margin before the socket gives up.
+        sock.settimeout(s.statement_timeout_ms / 1000 + 5)
+        try:
+            return pg8000.native.Connection(
+                s.user,
+                database=s.name,
+                password=s.password,
+                sock=sock,
+                application_name=self._application_name,
+                startup_params={"statement_timeout": str(s.statement_timeout_ms)},
+            )
+        except InterfaceError as exc:
+            sock.close()
+            raise DatabaseUnavailable(f"cannot connect to {s.host}:{s.port}: {exc}") from None
+        except DatabaseError as exc:
+            sock.close()
+            if sqlstate(exc).startswith(_UNAVAILABLE_CLASSES):
+                raise DatabaseUnavailable(f"database refuses connections: {exc}") from None
+            raise
+
+    def _take(self) -> tuple[pg8000.native.Connection, bool]:
+        with self._lock:
+            if self._idle:
+                return self._idle.pop(), True
+        return self._connect(), False
+
+    def _give_back(self, conn: pg8000.native.Connection) -> None:
+        with self._lock:
+            self._idle.append(conn)
+
+    @staticmethod
+    def _discard(conn: pg8000.native.Connection) -> None:
+        with contextlib.suppress(Exception):  # the connection is already broken
+            conn.close()
+
+    def _begin(self) -> pg8000.native.Connection:
+        """A connection with an open transaction. A reused connection that turns out dead
+        (e.g. the server restarted) is replaced once: nothing was sent on it yet."""
+        conn, reused = self._take()
+        try:
+            conn.run("BEGIN")
+            return conn
+        except (InterfaceError, DatabaseError) as exc:
+            self._discard(conn)
+            if isinstance(exc, DatabaseError) and not sqlstate(exc).startswith(_UNAVAILABLE_CLASSES):
+                raise
+            if not reused:
+                raise DatabaseUnavailable(str(exc)) from None
+        conn = self._connect()
+        try:
+            conn.run("BEGIN")
+            return conn
+        except (InterfaceError, DatabaseError) as exc:
+            self._discard(conn)
+            raise DatabaseUnavailable(str(exc)) from None
+
+    @contextmanager
+    def transaction(self) -> Iterator[pg8000.native.Connection]:
+        """``with pool.transaction() as conn: conn.run(...)`` - committed on success,
+        rolled back on error; connection-level failures surface as DatabaseUnavailable."""
+        if not self._slots.acquire(timeout=self._settings.connect_timeout + 5):
+            raise DatabaseUnavailable("all database connections are busy")
+        try:
+            conn = self._begin()
+            try:
+                yield conn
+                conn.run("COMMIT")
+            except DatabaseError as exc:
+                if sqlstate(exc).startswith(_UNAVAILABLE_CLASSES):
+                    self._discard(conn)
+                    raise DatabaseUnavailable(str(exc)) from None
+                self._rollback(conn)
+                raise
+            except (InterfaceError, OSError) as exc:
+                self._discard(conn)
+                raise DatabaseUnavailable(str(exc)) from None
+            except BaseException:
+                self._rollback(conn)
+                raise
+            else:
+                self._give_back(conn)
+        finally:
+            self._slots.release()
+
+    def _rollback(self, conn: pg8000.native.Connection) -> None:
+        try:
+            conn.run("ROLLBACK")
+        except Exception:  # noqa: BLE001 - a connection that cannot roll back is dropped
+            self._discard(conn)
+        else:
+            self._give_back(conn)
+
+    def ping(self) -> None:
+        """Raise DatabaseUnavailable unless a trivial query succeeds."""
+        with self.transaction() as conn:
+            conn.run("SELECT 1")
+
+    def close(self) -> None:
+        with self._lock:
+            idle, self._idle = self._idle, []
+        for conn in idle:
+            self._discard(conn)
+
+
+def wait_until_reachable(pool: Pool, stop: threading.Event | None = None, max_delay: float = 5.0) -> None:
+    """Block until the database answers, retrying with backoff (used at start-up)."""
+    delay = 0.2
+    while stop is None or not stop.is_set():
+        try:
+            pool.ping()
+            return
+        except DatabaseUnavailable as exc:
+            log.warning("database not reachable yet (%s); retrying in %.1fs", exc, delay)
+            time.sleep(delay)
+            delay = min(delay * 2, max_delay)

@@ -1,0 +1,269 @@
+"""The HTTP layer shared by the three apps: Bottle with JSON everywhere, request ids,
+an access log, and waitress with a graceful stop.
+
+- Every error is ``{"error": "<message>", ...}`` with the right status; Bottle's HTML pages never reach a client.
+- Route callbacks return dicts or lists (sent as JSON) or raise :class:`ApiError`.
+- Exceptions are mapped to statuses in one place, :func:`_error_mapping`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import signal
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import bottle
+import waitress
+from waitress.channel import HTTPChannel
+
+from common import logs
+from common.db import DatabaseUnavailable
+
+JSON_TYPE = "application/json; charset=utf-8"
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+log = logging.getLogger(__name__)
+access_log = logging.getLogger("access")
+
+
+class ApiError(bottle.HTTPError):
+    """An error answered as JSON: ``{"error": message, **extra}``."""
+
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None, **extra: Any) -> None:
+        super().__init__(status, message, **(headers or {}))
+        self.extra = extra
+
+
+def to_json(value: Any) -> bytes:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
+def json_response(value: Any, status: int = 200) -> bottle.HTTPResponse:
+    return bottle.HTTPResponse(to_json(value), status, **{"Content-Type": JSON_TYPE})
+
+
+# --- request bodies -------------------------------------------------------------------------
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def read_json_object(max_bytes: int) -> dict[str, Any]:
+    """The request body as a JSON object, or an :class:`ApiError` (415, 413, 400)."""
+    content_type = bottle.request.content_type.split(";")[0].strip().lower()
+    if content_type != "application/json":
+        raise ApiError(415, "request body must be JSON (Content-Type: application/json)")
+    raw = read_body(max_bytes)
+    if not raw.strip():
+        raise ApiError(400, "request body is empty; a JSON object is expected")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ApiError(400, "request body is not valid UTF-8") from None
+    try:
+        value = json.loads(text, parse_constant=_reject_constant)
+    except RecursionError:
+        raise ApiError(400, "request body is nested too deeply") from None
+    except ValueError as exc:
+        raise ApiError(400, f"malformed JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise ApiError(400, "request body must be a JSON object")
+    return value
+
+
+def read_body(max_bytes: int) -> bytes:
+    """The raw request body, refusing more than ``max_bytes`` with 413."""
+    declared = bottle.request.content_length
+    if declared > max_bytes:
+        raise ApiError(413, f"request body too large (limit {max_bytes} bytes)", limit=max_bytes)
+    body = bottle.request.environ["wsgi.input"].read(max_bytes + 1) if declared != 0 else b""
+    if len(body) > max_bytes:
+        raise ApiError(413, f"request body too large (limit {max_bytes} bytes)", limit=max_bytes)
+    return body
+
+
+def reject_unknown_fields(body: dict[str, Any], allowed: Iterable[str]) -> None:
+    unknown = sorted(set(body) - set(allowed))
+    if unknown:
+        raise ApiError(400, "unknown field(s): " + ", ".join(unknown), fields=unknown)
+
+
+# --- the Bottle application -------------------------------------------------------------------
+
+
+def _error_mapping(callback: Callable[..., Any]) -> Callable[..., Any]:
+    """Bottle plugin: dict/list results become JSON; exceptions become JSON errors."""
+
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            result = callback(*args, **kwargs)
+        except bottle.HTTPResponse:
+            raise
+        except DatabaseUnavailable as exc:
+            log.warning("database unavailable: %s", exc)
+            raise ApiError(503, "database unavailable, try again shortly") from None
+        except Exception:
+            log.exception("unhandled error")
+            raise ApiError(500, "internal server error") from None
+        if isinstance(result, (dict, list)):
+            return json_response(result)
+        return result
+
+    return wrapper
+
+
+class JsonApp(bottle.Bottle):
+    """A Bottle app that answers JSON, errors included."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.uninstall("json")
+        self.install(_error_mapping)
+
+    def default_error_handler(self, res: bottle.HTTPError) -> bytes:
+        status = res.status_code
+        if isinstance(res, ApiError):
+            body = {"error": res.body, **res.extra}
+        elif status == 404:
+            body = {"error": f"no such resource: {bottle.request.method} {bottle.request.path}"}
+        elif status == 405:
+            body = {"error": f"method {bottle.request.method} not allowed on {bottle.request.path}"}
+        elif status >= 500:
+            if res.traceback:
+                log.error("unhandled error\n%s", res.traceback)
+            body = {"error": "internal server error"}
+        else:
+            body = {"error": str(res.body) or res.status_line}
+        body["request_id"] = logs.request_id.get()
+        bottle.response.content_type = JSON_TYPE
+        return to_json(body)
+
+
+# --- WSGI middleware: request id, trailing slash, access log --------------------------------------
+
+
+def valid_request_id(value: str | None) -> str:
+    """The client's X-Request-ID if it is sane, else a fresh one."""
+    if value and _REQUEST_ID.fullmatch(value):
+        return value
+    return uuid.uuid4().hex
+
+
+class RequestContext:
+    """Outermost WSGI layer of every app.
+
+    Gives each request an id (kept from ``X-Request-ID`` when valid, returned in the response),
+    treats ``/path/`` as ``/path``, and writes one access-log line per request.
+    """
+
+    def __init__(self, app: Callable[..., Any]) -> None:
+        self.app = app
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
+        started = time.monotonic()
+        rid = valid_request_id(environ.get("HTTP_X_REQUEST_ID"))
+        environ["HTTP_X_REQUEST_ID"] = rid
+        path = environ.get("PATH_INFO") or "/"
+        environ["app.original_path"] = path
+        if len(path) > 1 and path.endswith("/"):
+            environ["PATH_INFO"] = path.rstrip("/") or "/"
+        token = logs.request_id.set(rid)
+        status = ["500"]
+        chunks: list[bytes] = []
+
+        def start(status_line: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+            status[0] = status_line.split(" ", 1)[0]
+            headers = [(k, v) for k, v in headers if k.lower() != "x-request-id"]
+            headers.append(("X-Request-ID", rid))
+            return start_response(status_line, headers, exc_info)
+
+        try:
+            result = self.app(environ, start)
+            try:
+                chunks.extend(result)
+            finally:
+                close = getattr(result, "close", None)
+                if close is not None:
+                    close()
+            return chunks
+        finally:
+            access_log.info(
+                "%s %s %s %s %s %d %.1fms",
+                rid,
+                environ.get("HTTP_X_FORWARDED_FOR", environ.get("REMOTE_ADDR", "-")).split(",")[0].strip(),
+                environ.get("REQUEST_METHOD", "-"),
+                path + ("?" + environ["QUERY_STRING"] if environ.get("QUERY_STRING") else ""),
+                status[0],
+                sum(len(c) for c in chunks),
+                (time.monotonic() - started) * 1000,
+            )
+            logs.request_id.reset(token)
+
+
+# --- serving ------------------------------------------------------------------------------------
+
+
+def serve(app: Callable[..., Any], port: int, threads: int, grace_seconds: float = 10.0, **options: Any) -> None:
+    """Serve ``app`` with waitress until SIGTERM/SIGINT, then stop gracefully:
+    stop accepting, let in-flight requests finish (up to ``grace_seconds``), exit."""
+    server = waitress.create_server(
+        RequestContext(app),
+        host="0.0.0.0",  # noqa: S104 - inside a container, reached through its networks
+        port=port,
+        threads=threads,
+        ident=None,  # no Server header
+        **options,
+    )
+    stopping = threading.Event()
+
+    def request_stop(signum: int, _frame: Any) -> None:
+        log.info("received %s, finishing in-flight requests", signal.Signals(signum).name)
+        stopping.set()
+        server.pull_trigger()
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+    log.info("listening on port %d with %d threads", port, threads)
+    while not stopping.is_set():
+        waitress.wasyncore.loop(timeout=1.0, map=server._map, count=1)
+
+    # Stop accepting; close idle keep-alive connections; flush the busy ones.
+    server.accepting = False
+    server.del_channel()
+    server.socket.close()
+    deadline = time.monotonic() + grace_seconds
+    while time.monotonic() < deadline:
+        busy = False
+        for channel in list(server._map.values()):
+            if isinstance(channel, HTTPChannel):
+                if channel.requests or channel.total_outbufs_len or channel.request is not None:
+                    busy = True
+                else:
+                    channel.will_close = True
+        if not busy:
+            break
+        waitress.wasyncore.loop(timeout=0.1, map=server._map, count=1)
+    server.task_dispatcher.shutdown(cancel_pending=True, timeout=1)
+    waitress.wasyncore.close_all(server._map)
+    log.info("stopped")
+
+
+def query_int(name: str, minimum: int, maximum: int) -> int | None:
+    """An optional integer query parameter; out of range or not a number is a 400."""
+    raw = bottle.request.query.get(name)
+    if raw is None or raw == "":
+        return None
+    if not (raw.isascii() and raw.isdigit()) or not minimum <= int(raw) <= maximum:
+        raise ApiError(400, f"{name} must be an integer from {minimum} to {maximum}", field=name)
+    return int(raw)
+
+
+def paging(limit_max: int = 1000) -> tuple[int | None, int]:
+    """``limit`` and ``offset`` of a list request."""
+    return query_int("limit", 1, limit_max), query_int("offset", 0, 2**31 - 1) or 0

@@ -1,0 +1,1 @@
+"""inventory-app: the movies REST API backed by the inventory database."""
