@@ -10,6 +10,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
+
 from stack import PROJECT, Stack, make_env_file
 
 

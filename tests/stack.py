@@ -22,7 +22,9 @@ SERVICES = ("inventory-db", "billing-db", "rabbit-queue", "inventory-app", "bill
 VOLUMES = ("inventory-database", "billing-database", "rabbit-queue", "api-gateway-app")
 
 
-def run(*args: str, check: bool = True, timeout: float = 600, input: str | None = None) -> subprocess.CompletedProcess[str]:
+def run(
+    *args: str, check: bool = True, timeout: float = 600, input: str | None = None
+) -> subprocess.CompletedProcess[str]:
     result = subprocess.run(args, capture_output=True, text=True, timeout=timeout, input=input)
     if check and result.returncode != 0:
         raise AssertionError(f"{' '.join(args)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
@@ -48,9 +50,19 @@ class Stack:
 
     def compose(self, *args: str, check: bool = True, timeout: float = 900) -> subprocess.CompletedProcess[str]:
         return run(
-            "docker", "compose", "-p", PROJECT, "--env-file", str(self.env_file),
-            "-f", str(ROOT / "docker-compose.yml"), "-f", str(ROOT / "tests" / "compose.test.yml"),
-            *args, check=check, timeout=timeout,
+            "docker",
+            "compose",
+            "-p",
+            PROJECT,
+            "--env-file",
+            str(self.env_file),
+            "-f",
+            str(ROOT / "docker-compose.yml"),
+            "-f",
+            str(ROOT / "tests" / "compose.test.yml"),
+            *args,
+            check=check,
+            timeout=timeout,
         )
 
     @staticmethod
@@ -68,26 +80,35 @@ class Stack:
         started = time.monotonic()
         pending = list(services or SERVICES)
         while pending:
-            pending = [s for s in pending if run("docker", "inspect", "-f", "{{.State.Health.Status}}",
-                                                 self.container(s), check=False).stdout.strip() != "healthy"]
+            pending = [
+                s
+                for s in pending
+                if run(
+                    "docker", "inspect", "-f", "{{.State.Health.Status}}", self.container(s), check=False
+                ).stdout.strip()
+                != "healthy"
+            ]
             if pending and time.monotonic() - started > timeout:
                 raise AssertionError(f"not healthy after {timeout}s: {pending}")
             if pending:
                 time.sleep(1)
         return time.monotonic() - started
 
-    def exec(self, service: str, *command: str, user: str | None = None, check: bool = True,
-             input: str | None = None) -> subprocess.CompletedProcess[str]:
+    def exec(
+        self, service: str, *command: str, user: str | None = None, check: bool = True, input: str | None = None
+    ) -> subprocess.CompletedProcess[str]:
         user_args = ["-u", user] if user else []
         interactive = ["-i"] if input is not None else []
-        return run("docker", "exec", *interactive, *user_args, self.container(service), *command,
-                   check=check, input=input)
+        return run(
+            "docker", "exec", *interactive, *user_args, self.container(service), *command, check=check, input=input
+        )
 
     def psql(self, service: str, sql: str) -> str:
         """Run SQL as the local postgres superuser (peer auth), the operator's way in."""
         db = self.env["INVENTORY_DB_NAME"] if service == "inventory-db" else self.env["BILLING_DB_NAME"]
-        return self.exec(service, "psql", "-X", "-q", "-At", "-v", "ON_ERROR_STOP=1", "-d", db, "-c", sql,
-                         user="postgres").stdout.strip()
+        return self.exec(
+            service, "psql", "-X", "-q", "-At", "-v", "ON_ERROR_STOP=1", "-d", db, "-c", sql, user="postgres"
+        ).stdout.strip()
 
     def queue_depth(self, queue: str) -> int:
         out = self.exec("rabbit-queue", "rabbitmqctl", "-q", "list_queues", "name", "messages").stdout
@@ -99,15 +120,23 @@ class Stack:
 
     # --- HTTP through the published port ----------------------------------------------------
 
-    def http(self, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None,
-             raw: bytes | None = None, timeout: float = 30) -> Response:
+    def http(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        headers: dict[str, str] | None = None,
+        raw: bytes | None = None,
+        timeout: float = 30,
+    ) -> Response:
         data = raw
         all_headers = dict(headers or {})
         if body is not None:
             data = json.dumps(body).encode()
             all_headers.setdefault("Content-Type", "application/json")
-        request = urllib.request.Request(f"http://127.0.0.1:{PORT}{path}", data=data, method=method,
-                                         headers=all_headers)
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{PORT}{path}", data=data, method=method, headers=all_headers
+        )
         try:
             with urllib.request.urlopen(request, timeout=timeout) as answer:
                 return Response(answer.status, {k.lower(): v for k, v in answer.headers.items()}, answer.read())

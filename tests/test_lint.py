@@ -7,10 +7,11 @@ import shutil
 from pathlib import Path
 
 import pytest
+
 from stack import ROOT, SERVICES, VOLUMES, run
 
 DOCKERFILES = sorted((ROOT / "images").glob("*/Dockerfile"))
-SHELL_SCRIPTS = sorted(p for p in ROOT.glob("scripts/*.sh")) + [ROOT / ".ci" / "run"]
+SHELL_SCRIPTS = [*sorted(p for p in ROOT.glob("scripts/*.sh")), ROOT / ".ci" / "run"]
 
 
 def tool(name: str) -> str:
@@ -46,10 +47,26 @@ def test_ruff() -> None:
 
 def test_compose_names_images_containers_and_volumes_after_the_services(tmp_path: Path) -> None:
     env = tmp_path / "env"
-    env.write_text("".join(f"{line.split('=')[0]}=x\n" for line in (ROOT / ".env.example").read_text().splitlines()
-                           if "=" in line and not line.startswith("#")))
-    config = json.loads(run("docker", "compose", "--env-file", str(env), "-f", str(ROOT / "docker-compose.yml"),
-                            "config", "--format", "json").stdout)
+    env.write_text(
+        "".join(
+            f"{line.split('=')[0]}=x\n"
+            for line in (ROOT / ".env.example").read_text().splitlines()
+            if "=" in line and not line.startswith("#")
+        )
+    )
+    config = json.loads(
+        run(
+            "docker",
+            "compose",
+            "--env-file",
+            str(env),
+            "-f",
+            str(ROOT / "docker-compose.yml"),
+            "config",
+            "--format",
+            "json",
+        ).stdout
+    )
     assert list(config["services"]) == list(SERVICES)
     for name, service in config["services"].items():
         assert service["image"] == name and service["container_name"] == name
