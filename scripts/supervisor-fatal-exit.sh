@@ -7,7 +7,8 @@ set -Eeuo pipefail
 
 stop_siblings() {
 	local names
-	names="$(supervisorctl status 2>/dev/null | awk -v me="$SUPERVISOR_PROCESS_NAME" '$1 != me && $2 == "RUNNING" {print $1}')"
+	# supervisorctl status exits non-zero when any program is not running (the FATAL one is not).
+	names="$({ supervisorctl status 2>/dev/null || true; } | awk -v me="$SUPERVISOR_PROCESS_NAME" '$1 != me && $2 == "RUNNING" {print $1}')"
 	if [[ -n "$names" ]]; then
 		# shellcheck disable=SC2086 # one word per program name
 		supervisorctl stop $names >&2 || true
