@@ -1,0 +1,15 @@
+-- Inventory schema. Applied by scripts/db-bootstrap.sh once, when an empty volume is first
+-- initialised, inside the application database as its owner role. Idempotent (IF NOT EXISTS).
+-- Constraints mirror the API validation of inventory-app.
+
+-- Trigram index support for case-insensitive substring search (title ILIKE '%x%').
+-- Trusted extension: the database owner may create it without superuser rights.
+CREATE EXTENSION IF NOT EXISTS pg_trgm;
+
+CREATE TABLE IF NOT EXISTS movies (
+    id          integer GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    title       varchar(255) NOT NULL CHECK (char_length(title) BETWEEN 1 AND 255),
+    description text NOT NULL DEFAULT '' CHECK (char_length(description) <= 10000)
+);
+
+CREATE INDEX IF NOT EXISTS movies_title_trgm_idx ON movies USING gin (title gin_trgm_ops);

@@ -1,0 +1,135 @@
+#!/usr/bin/env bash
+# Entrypoint of the PostgreSQL images (inventory-db, billing-db), run by supervisor as postgres.
+#   empty volume    -> initdb, create the owner role, the application role and the database,
+#                      apply /etc/postgresql/schema.sql, grant the application role its rights
+#   existing volume -> change nothing
+# then exec the postgres server with /etc/postgresql/postgresql.conf.
+# Settings: APP_DB_NAME, APP_DB_USER, APP_DB_PASSWORD, each also as *_FILE (Docker secrets).
+set -Eeuo pipefail
+
+readonly PG_BIN=/usr/lib/postgresql/15/bin
+readonly CONFIG_FILE=/etc/postgresql/postgresql.conf
+readonly SCHEMA_FILE=/etc/postgresql/schema.sql
+readonly SOCKET_DIR=/run/postgresql
+
+log() { printf 'db-bootstrap: %s\n' "$*"; }
+die() { printf 'error: %s\n' "$*" >&2; exit 1; }
+
+# VAR or VAR_FILE (the file's content) -> VAR; both set is an error.
+file_env() {
+	local var="$1" file_var="${1}_FILE"
+	if [[ -n "${!var:-}" && -n "${!file_var:-}" ]]; then
+		die "both $var and $file_var are set; use only one"
+	fi
+	if [[ -n "${!file_var:-}" ]]; then
+		[[ -r "${!file_var}" ]] || die "$file_var: cannot read ${!file_var}"
+		export "$var"="$(<"${!file_var}")"
+	fi
+	unset "$file_var"
+}
+
+# Names become SQL identifiers and "<name>_owner" must fit PostgreSQL's 63-byte limit.
+check_identifier() {
+	local var="$1"
+	[[ "${!var}" =~ ^[a-z_][a-z0-9_]{0,56}$ ]] \
+		|| die "$var must be a lowercase identifier (a-z, 0-9, _; at most 57 characters)"
+}
+
+load_settings() {
+	local var missing=()
+	for var in APP_DB_NAME APP_DB_USER APP_DB_PASSWORD; do
+		file_env "$var"
+		[[ -n "${!var:-}" ]] || missing+=("$var")
+	done
+	if ((${#missing[@]} > 0)); then
+		die "missing required environment variables (or their *_FILE variants): ${missing[*]}"
+	fi
+	check_identifier APP_DB_NAME
+	check_identifier APP_DB_USER
+	[[ "$APP_DB_USER" != postgres ]] || die "APP_DB_USER must not be the superuser postgres"
+}
+
+# Data directory of the temporary initialisation server while it runs (for stop_leftover_server).
+temp_server_dir=""
+
+start_temporary_server() {
+	temp_server_dir="$1"
+	# Unix socket only: nobody can connect over the network before initialisation is complete.
+	# No failing statement in the log: it could be the CREATE ROLE carrying the password.
+	"$PG_BIN/pg_ctl" --pgdata="$temp_server_dir" --wait --timeout=60 --silent \
+		--options="-c listen_addresses='' -c unix_socket_directories=$SOCKET_DIR -c log_min_error_statement=panic" start
+}
+
+stop_temporary_server() {
+	"$PG_BIN/pg_ctl" --pgdata="$temp_server_dir" --wait --silent --mode=fast stop
+	temp_server_dir=""
+}
+
+# EXIT trap: a failed initialisation must not leave a server holding the socket for the next attempt.
+stop_leftover_server() {
+	if [[ -n "$temp_server_dir" ]]; then
+		stop_temporary_server || true
+	fi
+}
+
+# Runs as the postgres superuser over the socket. The password goes through the environment
+# (\getenv), never through a command line.
+create_database() {
+	"$PG_BIN/psql" --no-psqlrc --quiet --set=ON_ERROR_STOP=1 --host="$SOCKET_DIR" \
+		--username=postgres --dbname=postgres \
+		--set=db="$APP_DB_NAME" --set=owner="${APP_DB_NAME}_owner" --set=app="$APP_DB_USER" \
+		--set=schema_file="$SCHEMA_FILE" <<-'SQL'
+	\getenv app_password APP_DB_PASSWORD
+	CREATE ROLE :"owner" NOLOGIN;
+	CREATE ROLE :"app" LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE PASSWORD :'app_password';
+	CREATE DATABASE :"db" OWNER :"owner";
+	REVOKE ALL ON DATABASE :"db" FROM PUBLIC;
+	GRANT CONNECT ON DATABASE :"db" TO :"app";
+
+	\connect :"db"
+	-- Tables belong to the owner role, so the application role cannot drop or alter them.
+	SET ROLE :"owner";
+	\i :schema_file
+	GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO :"app";
+	GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA public TO :"app";
+	ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT SELECT, INSERT, UPDATE, DELETE ON TABLES TO :"app";
+	ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT USAGE, SELECT ON SEQUENCES TO :"app";
+	SQL
+}
+
+# Everything happens in a sibling directory that is renamed into place only when complete,
+# so an interrupted initialisation is never mistaken for a finished one.
+initialise() {
+	local pgdata="$1" tmp="$1.init"
+	log "initialising $pgdata (database $APP_DB_NAME, role $APP_DB_USER)"
+	rm -rf "$tmp"
+	"$PG_BIN/initdb" --pgdata="$tmp" --username=postgres --auth-local=peer --auth-host=scram-sha-256 \
+		--encoding=UTF8 --locale=C.UTF-8 >/dev/null
+	start_temporary_server "$tmp"
+	create_database
+	stop_temporary_server
+	# -T: replace an empty $pgdata directory instead of moving into it.
+	mv -T "$tmp" "$pgdata"
+	log "initialisation complete"
+}
+
+main() {
+	local pgdata
+	trap stop_leftover_server EXIT
+	load_settings
+	# -C prints the configured value and exits; log_min_messages hides LOG chatter such as
+	# "skipping missing configuration file" on an empty volume.
+	pgdata="$("$PG_BIN/postgres" -c config_file="$CONFIG_FILE" -c log_min_messages=fatal -C data_directory)"
+	if [[ -s "$pgdata/PG_VERSION" ]]; then
+		log "database already initialised, starting"
+	elif [[ -e "$pgdata" && -n "$(ls -A "$pgdata")" ]]; then
+		die "$pgdata is not empty but holds no database (no PG_VERSION); refusing to touch it"
+	else
+		initialise "$pgdata"
+	fi
+	# The server does not need the password; keep it out of its environment.
+	unset APP_DB_PASSWORD
+	exec "$PG_BIN/postgres" -c config_file="$CONFIG_FILE"
+}
+
+main "$@"
