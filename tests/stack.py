@@ -15,8 +15,9 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-PROJECT = "pwc-test"
-PREFIX = "pwc-test-"
+# Override both to run two test stacks side by side (e.g. PWC_TEST_PREFIX=pwc-test2 PWC_TEST_PORT=3301).
+PROJECT = os.environ.get("PWC_TEST_PREFIX", "pwc-test")
+PREFIX = PROJECT + "-"
 PORT = int(os.environ.get("PWC_TEST_PORT", "3300"))
 SERVICES = ("inventory-db", "billing-db", "rabbit-queue", "inventory-app", "billing-app", "api-gateway-app")
 VOLUMES = ("inventory-database", "billing-database", "rabbit-queue", "api-gateway-app")
@@ -152,6 +153,7 @@ def make_env_file(path: Path) -> dict[str, str]:
             name, value = line.split("=", 1)
             env[name] = value or secrets.token_hex(16)
     env["GATEWAY_PORT"] = str(PORT)
+    env["TEST_PREFIX"] = PROJECT
     path.write_text("".join(f"{k}={v}\n" for k, v in env.items()))
     path.chmod(0o600)
     return env

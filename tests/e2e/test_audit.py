@@ -7,7 +7,7 @@ import uuid
 
 import pytest
 
-from stack import PORT, SERVICES, VOLUMES, Stack, run, wait_for
+from stack import PORT, PREFIX, PROJECT, SERVICES, VOLUMES, Stack, run, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -18,10 +18,10 @@ def order_rows(stack: Stack, message_id: str) -> int:
 
 def test_the_six_containers_run_with_their_service_names_and_images(stack: Stack) -> None:
     names = run(
-        "docker", "ps", "--filter", "label=com.docker.compose.project=pwc-test", "--format", "{{.Names}} {{.Image}}"
+        "docker", "ps", "--filter", f"label=com.docker.compose.project={PROJECT}", "--format", "{{.Names}} {{.Image}}"
     ).stdout.split("\n")
     running = dict(line.split() for line in names if line)
-    assert running == {stack.container(s): f"pwc-test/{s}" for s in SERVICES}
+    assert running == {stack.container(s): f"{PROJECT}/{s}" for s in SERVICES}
     for service in SERVICES:
         assert stack.health(service) == "healthy", service
 
@@ -44,7 +44,7 @@ def test_only_the_gateway_publishes_a_port(stack: Stack) -> None:
 def test_the_named_volumes_exist(stack: Stack) -> None:
     volumes = set(run("docker", "volume", "ls", "--format", "{{.Name}}").stdout.split())
     for volume in VOLUMES:
-        assert f"pwc-test-{volume}" in volumes
+        assert PREFIX + volume in volumes
 
 
 def test_post_movie_with_trailing_slash_returns_200(stack: Stack) -> None:
@@ -102,8 +102,8 @@ def test_the_gateway_log_volume_holds_the_requests(stack: Stack) -> None:
         "--entrypoint",
         "cat",
         "-v",
-        "pwc-test-api-gateway-app:/logs:ro",
-        "pwc-test/api-gateway-app",
+        f"{PREFIX}api-gateway-app:/logs:ro",
+        f"{PROJECT}/api-gateway-app",
         "/logs/access.log",
     ).stdout
     assert "audit-log-check" in log
