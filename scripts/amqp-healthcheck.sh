@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Docker healthcheck of rabbit-queue: cheap AMQP 0-9-1 handshake, no Erlang VM started.
+# Sends the protocol header and expects a method frame (Connection.Start) back.
+set -Eeuo pipefail
+export LC_ALL=C
+
+readonly HOST=127.0.0.1 PORT=5672 TIMEOUT_SECONDS=2
+readonly FRAME_METHOD=$'\x01'
+
+main() {
+	local frame_type=""
+	# bash's own "Connection refused" messages are replaced by one error line.
+	{ exec 3<>"/dev/tcp/$HOST/$PORT"; } 2>/dev/null || {
+		printf 'error: nothing listens on %s:%s\n' "$HOST" "$PORT" >&2
+		exit 1
+	}
+	printf 'AMQP\x00\x00\x09\x01' >&3
+	read -r -N 1 -t "$TIMEOUT_SECONDS" -u 3 frame_type || true
+	exec 3>&-
+	if [[ "$frame_type" != "$FRAME_METHOD" ]]; then
+		printf 'error: no AMQP Connection.Start from %s:%s within %ss\n' "$HOST" "$PORT" "$TIMEOUT_SECONDS" >&2
+		exit 1
+	fi
+}
+
+main "$@"

@@ -1,0 +1,115 @@
+#!/usr/bin/env bash
+# Entrypoint of the RabbitMQ program (run by supervisord as the rabbitmq user).
+# 1. reads the broker users and topology from the environment (passwords also as *_FILE, Docker secrets);
+# 2. writes the definitions file that rabbitmq.conf imports at every boot (load_definitions), so users,
+#    permissions, exchanges and queues always match .env; importing is idempotent for the topology;
+# 3. execs the RabbitMQ server in the foreground.
+set -Eeuo pipefail
+
+readonly DEFINITIONS_FILE="${RABBITMQ_DEFINITIONS_FILE:-/var/lib/rabbitmq/definitions.json}"
+# The real server script: /usr/sbin/rabbitmq-server is Debian's wrapper, which redirects output to files.
+readonly RABBITMQ_SERVER=/usr/lib/rabbitmq/bin/rabbitmq-server
+
+error() {
+	printf 'error: %s\n' "$*" >&2
+	exit 1
+}
+
+# file_env VAR: VAR comes from $VAR or from the file named by $VAR_FILE (not both).
+file_env() {
+	local var="$1" file_var="${1}_FILE"
+	if [[ -n "${!var:-}" && -n "${!file_var:-}" ]]; then
+		error "both $var and $file_var are set; use only one"
+	fi
+	if [[ -n "${!file_var:-}" ]]; then
+		[[ -r "${!file_var}" ]] || error "$file_var: cannot read ${!file_var}"
+		export "$var"="$(<"${!file_var}")"
+	fi
+	unset "$file_var"
+}
+
+load_environment() {
+	local var missing=()
+	file_env RABBITMQ_GATEWAY_PASSWORD
+	file_env RABBITMQ_BILLING_PASSWORD
+	for var in RABBITMQ_GATEWAY_USER RABBITMQ_GATEWAY_PASSWORD RABBITMQ_BILLING_USER RABBITMQ_BILLING_PASSWORD; do
+		[[ -n "${!var:-}" ]] || missing+=("$var")
+	done
+	if ((${#missing[@]} > 0)); then
+		error "missing environment variables: ${missing[*]} (set them in .env)"
+	fi
+	export RABBITMQ_QUEUE="${RABBITMQ_QUEUE:-billing_queue}"
+	export RABBITMQ_EXCHANGE="${RABBITMQ_EXCHANGE:-billing}"
+}
+
+# Passwords are read from the environment by Python, never passed on a command line.
+# Hash format of rabbit_password_hashing_sha256: base64(salt + sha256(salt + utf8 password)), 4-byte salt.
+write_definitions() {
+	python3 - "$DEFINITIONS_FILE" <<-'PY'
+	import base64, hashlib, json, os, re, secrets, sys
+
+	env = os.environ
+	queue, exchange = env["RABBITMQ_QUEUE"], env["RABBITMQ_EXCHANGE"]
+	dlx, dlq = f"{queue}.dlx", f"{queue}.dlq"
+
+	def user(name_var, password_var):
+	    salt = secrets.token_bytes(4)
+	    digest = hashlib.sha256(salt + env[password_var].encode()).digest()
+	    return {"name": env[name_var], "password_hash": base64.b64encode(salt + digest).decode(),
+	            "hashing_algorithm": "rabbit_password_hashing_sha256", "tags": ""}
+
+	def only(name):
+	    return f"^{re.escape(name)}$"
+
+	def permission(name_var, write, read):
+	    return {"user": env[name_var], "vhost": "/", "configure": "^$", "write": write, "read": read}
+
+	def durable(name, **fields):
+	    return {"name": name, "vhost": "/", "durable": True, "auto_delete": False, "arguments": {}, **fields}
+
+	definitions = {
+	    "users": [user("RABBITMQ_GATEWAY_USER", "RABBITMQ_GATEWAY_PASSWORD"),
+	              user("RABBITMQ_BILLING_USER", "RABBITMQ_BILLING_PASSWORD")],
+	    "vhosts": [{"name": "/"}],
+	    # Least privilege: the gateway may only publish to the billing exchange, billing-app may only
+	    # consume from the queue. Passive declares (checking that they exist) need no permission.
+	    "permissions": [permission("RABBITMQ_GATEWAY_USER", write=only(exchange), read="^$"),
+	                    permission("RABBITMQ_BILLING_USER", write="^$", read=only(queue))],
+	    "exchanges": [durable(exchange, type="direct", internal=False),
+	                  durable(dlx, type="direct", internal=False)],
+	    "queues": [
+	        # A message rejected without requeue, or redelivered 20 times (a consumer that keeps
+	        # crashing on it), is dead-lettered to the .dlq instead of looping forever.
+	        durable(queue, arguments={
+	            "x-queue-type": "quorum",
+	            "x-dead-letter-exchange": dlx,
+	            "x-dead-letter-routing-key": dlq,
+	            "x-delivery-limit": 20}),
+	        # Quorum too: everything in it is fsynced whatever the delivery mode, like the main queue.
+	        durable(dlq, arguments={"x-queue-type": "quorum"}),
+	    ],
+	    "bindings": [
+	        {"source": exchange, "vhost": "/", "destination": queue, "destination_type": "queue",
+	         "routing_key": queue, "arguments": {}},
+	        {"source": dlx, "vhost": "/", "destination": dlq, "destination_type": "queue",
+	         "routing_key": dlq, "arguments": {}},
+	    ],
+	}
+
+	path = sys.argv[1]
+	fd = os.open(f"{path}.tmp", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+	with os.fdopen(fd, "w") as out:
+	    json.dump(definitions, out, indent=2)
+	os.replace(f"{path}.tmp", path)
+	PY
+}
+
+main() {
+	load_environment
+	write_definitions
+	# The broker does not need the passwords: keep them out of its environment.
+	unset RABBITMQ_GATEWAY_PASSWORD RABBITMQ_BILLING_PASSWORD
+	exec "$RABBITMQ_SERVER" "$@"
+}
+
+main "$@"
