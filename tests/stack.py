@@ -3,6 +3,7 @@ helpers to talk to it the way a user or an operator would."""
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import secrets
@@ -143,6 +144,50 @@ class Stack:
                 return Response(answer.status, {k.lower(): v for k, v in answer.headers.items()}, answer.read())
         except urllib.error.HTTPError as error:
             return Response(error.code, {k.lower(): v for k, v in error.headers.items()}, error.read())
+
+
+# Runs inside the gateway container (on the backend network) to reach an internal app directly.
+_INTERNAL_CLIENT = """
+import base64, json, sys, urllib.error, urllib.request
+spec = json.load(sys.stdin)
+data = base64.b64decode(spec["body"]) if spec["body"] is not None else None
+request = urllib.request.Request(spec["url"], data=data, method=spec["method"], headers=spec["headers"])
+try:
+    answer = urllib.request.urlopen(request, timeout=30)
+except urllib.error.HTTPError as error:
+    answer = error
+print(json.dumps({"status": answer.status, "headers": dict(answer.headers.items()),
+                  "body": base64.b64encode(answer.read()).decode()}))
+"""
+
+
+def internal_http(
+    stack: Stack,
+    service: str,
+    method: str,
+    path: str,
+    body: Any = None,
+    headers: dict[str, str] | None = None,
+    raw: bytes | None = None,
+    port: int = 8080,
+) -> Response:
+    """HTTP straight to an internal app (e.g. inventory-app:8080), from inside the backend network."""
+    data = raw
+    all_headers = dict(headers or {})
+    if body is not None:
+        data = json.dumps(body).encode()
+        all_headers.setdefault("Content-Type", "application/json")
+    spec = {
+        "url": f"http://{service}:{port}{path}",
+        "method": method,
+        "headers": all_headers,
+        "body": base64.b64encode(data).decode() if data is not None else None,
+    }
+    out = stack.exec("api-gateway-app", "python", "-c", _INTERNAL_CLIENT, input=json.dumps(spec)).stdout
+    answer = json.loads(out)
+    return Response(
+        answer["status"], {k.lower(): v for k, v in answer["headers"].items()}, base64.b64decode(answer["body"])
+    )
 
 
 def make_env_file(path: Path) -> dict[str, str]:
