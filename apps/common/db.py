@@ -31,6 +31,40 @@ class DatabaseUnavailable(Exception):
     """The database cannot be reached or is shutting down; the operation was not done."""
 
 
+# Name lookups in flight at most; beyond that, callers fail fast rather than start more threads.
+_LOOKUPS = threading.BoundedSemaphore(64)
+
+
+def resolve(host: str, port: int, timeout: float) -> list[tuple[str, int]]:
+    """The addresses of ``host``, or DatabaseUnavailable within ``timeout`` seconds.
+
+    The system resolver has no deadline of its own: on a Docker network with ``internal: true``,
+    the name of a stopped container takes ~10 s to fail (the embedded DNS server tries to forward
+    it upstream). So the lookup runs in a daemon thread, abandoned when the deadline passes.
+    """
+    if not _LOOKUPS.acquire(blocking=False):
+        raise DatabaseUnavailable(f"cannot resolve {host}: too many lookups are hanging")
+    answer: list[list[tuple[str, int]] | OSError] = []
+    done = threading.Event()
+
+    def lookup() -> None:
+        try:
+            infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+            answer.append([(str(info[4][0]), port) for info in infos])
+        except OSError as exc:
+            answer.append(exc)
+        finally:
+            _LOOKUPS.release()
+            done.set()
+
+    threading.Thread(target=lookup, name=f"resolve {host}", daemon=True).start()
+    if not done.wait(timeout):
+        raise DatabaseUnavailable(f"cannot resolve {host}: no answer within {timeout:g}s")
+    if isinstance(answer[0], OSError):
+        raise DatabaseUnavailable(f"cannot resolve {host}: {answer[0]}")
+    return answer[0]
+
+
 def sqlstate(exc: DatabaseError) -> str:
     details = exc.args[0] if exc.args and isinstance(exc.args[0], dict) else {}
     return str(details.get("C", ""))
@@ -71,10 +105,16 @@ class Pool:
 
     def _connect(self) -> pg8000.native.Connection:
         s = self._settings
-        try:
-            sock = socket.create_connection((s.host, s.port), timeout=s.connect_timeout)
-        except OSError as exc:
-            raise DatabaseUnavailable(f"cannot connect to {s.host}:{s.port}: {exc}") from None
+        sock: socket.socket | None = None
+        error: OSError | None = None
+        for address in resolve(s.host, s.port, s.connect_timeout):
+            try:
+                sock = socket.create_connection(address, timeout=s.connect_timeout)
+                break
+            except OSError as exc:
+                error = exc
+        if sock is None:
+            raise DatabaseUnavailable(f"cannot connect to {s.host}:{s.port}: {error}")
         # Queries get the server-side statement timeout plus a margin before the socket gives up.
         sock.settimeout(s.statement_timeout_ms / 1000 + 5)
         try:
@@ -146,13 +186,17 @@ class Pool:
                 if sqlstate(exc).startswith(_UNAVAILABLE_CLASSES):
                     self._discard(conn)
                     raise DatabaseUnavailable(str(exc)) from None
+                # Reported by the server, so the protocol is in step: roll back and keep the connection.
                 self._rollback(conn)
                 raise
             except (InterfaceError, OSError) as exc:
                 self._discard(conn)
                 raise DatabaseUnavailable(str(exc)) from None
             except BaseException:
-                self._rollback(conn)
+                # Anything else may have stopped pg8000 half-way through a message exchange (e.g. a
+                # parameter it could not encode after the query was sent), so the connection's state
+                # is unknown: close it (the server rolls back) rather than hand it to the next caller.
+                self._discard(conn)
                 raise
             else:
                 self._give_back(conn)

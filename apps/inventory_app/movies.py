@@ -22,9 +22,18 @@ def _text(body: dict[str, Any], name: str, minimum: int, maximum: int) -> str:
         raise ApiError(400, f"{name} must be a string", field=name)
     if not minimum <= len(value) <= maximum:
         raise ApiError(400, f"{name} must be {minimum} to {maximum} characters long", field=name)
+    check_text(value, name)
+    return value
+
+
+def check_text(value: str, name: str) -> None:
+    """Text PostgreSQL can store: no NUL character, no lone surrogate (a JSON "\\ud800" escape)."""
     if "\x00" in value:
         raise ApiError(400, f"{name} must not contain NUL characters", field=name)
-    return value
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ApiError(400, f"{name} must be valid Unicode text (it contains a lone surrogate)", field=name) from None
 
 
 def validate_new(body: dict[str, Any]) -> dict[str, str]:

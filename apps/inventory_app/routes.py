@@ -7,8 +7,21 @@ from typing import Any
 import bottle
 
 from common.db import DatabaseUnavailable, Pool
-from common.web import ApiError, JsonApp, paging, read_json_object
-from inventory_app.movies import MovieStore, parse_id, validate_changes, validate_new
+from common.web import ApiError, JsonApp, json_response, paging, read_json_object
+from inventory_app.movies import MovieStore, check_text, parse_id, validate_changes, validate_new
+
+
+def title_filter() -> str | None:
+    """The ``?title=`` search text. Text that is not UTF-8 or holds a NUL is a 400, never "no filter"."""
+    raw = bottle.request.query.get("title")  # percent-decoded as latin-1 by Bottle
+    if not raw:
+        return None
+    try:
+        text = raw.encode("latin-1").decode("utf-8")
+    except UnicodeError:
+        raise ApiError(400, "title must be UTF-8 text", field="title") from None
+    check_text(text, "title")
+    return text
 
 
 def build_app(store: MovieStore, pool: Pool, max_body_bytes: int) -> JsonApp:
@@ -22,7 +35,7 @@ def build_app(store: MovieStore, pool: Pool, max_body_bytes: int) -> JsonApp:
     @app.get("/api/movies")
     def list_movies() -> list[dict[str, Any]]:
         limit, offset = paging()
-        return store.list(bottle.request.query.getunicode("title"), limit, offset)
+        return store.list(title_filter(), limit, offset)
 
     @app.post("/api/movies")
     def create_movie() -> dict[str, Any]:
@@ -50,7 +63,9 @@ def build_app(store: MovieStore, pool: Pool, max_body_bytes: int) -> JsonApp:
         try:
             pool.ping()
         except DatabaseUnavailable as exc:
-            raise ApiError(503, "database unreachable", status="unavailable", database=str(exc)) from None
+            # A body of our own: ApiError's first parameter is already called ``status``.
+            body = {"status": "unavailable", "error": "database unreachable", "database": str(exc)}
+            return json_response(body, 503)
         return {"status": "ok", "database": "ok"}
 
     return app

@@ -12,4 +12,7 @@ CREATE TABLE IF NOT EXISTS movies (
     description text NOT NULL DEFAULT '' CHECK (char_length(description) <= 10000)
 );
 
-CREATE INDEX IF NOT EXISTS movies_title_trgm_idx ON movies USING gin (title gin_trgm_ops);
+-- fastupdate off: new titles go straight into the index instead of a pending list that every
+-- search must scan until (auto)vacuum merges it; with it on, 20k freshly inserted titles made the
+-- planner prefer a sequential scan (8x slower). A catalogue is read far more than written.
+CREATE INDEX IF NOT EXISTS movies_title_trgm_idx ON movies USING gin (title gin_trgm_ops) WITH (fastupdate = off);
