@@ -1,15 +1,13 @@
-"""Entry point: ``python -m api_gateway_app``."""
+"""Entry point: ``python -m api_gateway_app``: settings from the environment, then serve."""
 
 from __future__ import annotations
-
-import os
 
 from api_gateway_app.proxy import Upstream
 from api_gateway_app.publisher import Publisher
 from api_gateway_app.routes import build_app
 from common import app_main, logs
 from common.amqp import BrokerSettings
-from common.config import Env
+from common.config import ConfigError, Env
 
 
 def main() -> None:
@@ -24,19 +22,22 @@ def main() -> None:
     log_dir = env.str("LOG_DIR", "/var/log/api-gateway")
     log_max_bytes = env.int("LOG_MAX_BYTES", 10 * 1024 * 1024, 1024)
     log_backups = env.int("LOG_BACKUPS", 5, 1, 100)
+    log_level = env.str("LOG_LEVEL", "INFO")
     env.check()
-    logs.setup(os.environ.get("LOG_LEVEL", "INFO"), log_dir, log_max_bytes, log_backups)
+    try:
+        inventory = Upstream("inventory-app", inventory_url, connect_timeout, read_timeout)
+        billing = Upstream("billing-app", billing_url, connect_timeout, read_timeout)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    logs.setup(log_level, log_dir, log_max_bytes, log_backups)
 
     publisher = Publisher(broker, confirm_timeout)
     publisher.start()
-    app = build_app(
-        Upstream("inventory-app", inventory_url, connect_timeout, read_timeout),
-        Upstream("billing-app", billing_url, connect_timeout, read_timeout),
-        publisher,
-        http.max_body_bytes,
-    )
-    app_main.serve_http(app, http)
-    publisher.stop()
+    app = build_app(inventory, billing, publisher, http.max_body_bytes)
+    try:
+        app_main.serve_http(app, http)
+    finally:
+        publisher.stop()
 
 
 if __name__ == "__main__":

@@ -10,13 +10,19 @@ from common.app_main import DEFAULT_MAX_BODY_BYTES
 _JSON = "application/json"
 
 
-def _error(description: str, example: str) -> dict[str, Any]:
+_TITLE = "play-with-containers API"
+_VERSION = "1.0.0"
+_RID = "3f2c9a1e0b7d4c55a1e2f3b4c5d6e7f8"
+
+
+def _error(description: str, message: str, **extra: Any) -> dict[str, Any]:
+    """An error response; the example is the body the API really sends."""
     return {
         "description": description,
         "content": {
             _JSON: {
                 "schema": {"$ref": "#/components/schemas/Error"},
-                "example": {"error": example, "request_id": "3f2c9a1e0b7d4c55a1e2f3b4c5d6e7f8"},
+                "example": {"error": message, **extra, "request_id": _RID},
             }
         },
     }
@@ -36,22 +42,33 @@ def _body(schema_ref: str, example: dict[str, Any], description: str) -> dict[st
 
 _MOVIE = {"id": 1, "title": "Inception", "description": "A thief who steals corporate secrets through dreams."}
 _BAD_JSON = _error(
-    "Malformed JSON, a wrong type, an unknown field or a value out of range.", "title must be 1 to 255 characters long"
-)
-_TOO_LARGE = _error(
-    f"The body exceeds {DEFAULT_MAX_BODY_BYTES} bytes.",
-    f"request body too large (limit {DEFAULT_MAX_BODY_BYTES} bytes)",
+    "Malformed JSON, a wrong type, an unknown field or a value out of range; `field` names the field at fault.",
+    "title must be 1 to 255 characters long",
+    field="title",
 )
 _NOT_JSON = _error(
     "The body is not declared as application/json.", "request body must be JSON (Content-Type: application/json)"
 )
 _NOT_FOUND = _error("No movie has this id (also for an id that is not an integer).", "movie not found")
-_BAD_GATEWAY = _error("inventory-app or billing-app cannot be reached.", "inventory-app is unreachable")
-_TIMEOUT = _error("The internal app did not answer in time.", "inventory-app did not answer in time")
 _DB_DOWN = _error(
     "The database behind the app is unavailable; retry shortly.", "database unavailable, try again shortly"
 )
-_UPSTREAM = {"502": _BAD_GATEWAY, "503": _DB_DOWN, "504": _TIMEOUT}
+
+
+def _upstream(app: str) -> dict[str, Any]:
+    """The answers of a proxied route when the app behind it fails."""
+    return {
+        "502": _error(f"{app} cannot be reached (stopped or crashed).", f"{app} is unreachable"),
+        "503": _DB_DOWN,
+        "504": _error(
+            f"{app} accepted the request but did not answer within the gateway's read timeout "
+            "(`UPSTREAM_READ_TIMEOUT`, 10 s by default). A write may or may not have been applied.",
+            f"{app} did not answer in time",
+        ),
+    }
+
+
+_INVENTORY = _upstream("inventory-app")
 _MOVIE_ID = {
     "name": "id",
     "in": "path",
@@ -74,7 +91,17 @@ def _with_request_id(responses: dict[str, Any]) -> dict[str, Any]:
     return responses
 
 
-def document() -> dict[str, Any]:
+def _too_large(limit: int) -> dict[str, Any]:
+    return _error(
+        f"The body is larger than {limit} bytes (`MAX_BODY_BYTES`).",
+        f"request body too large (limit {limit} bytes)",
+        limit=limit,
+    )
+
+
+def document(max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> dict[str, Any]:
+    """The document for a gateway that accepts bodies of up to ``max_body_bytes``."""
+    too_large = _too_large(max_body_bytes)
     movie_ref = {"$ref": "#/components/schemas/Movie"}
     paths: dict[str, Any] = {
         "/api/movies": {
@@ -111,9 +138,11 @@ def document() -> dict[str, Any]:
                 "responses": {
                     "200": _ok("The movies.", {"type": "array", "items": movie_ref}, [_MOVIE]),
                     "400": _error(
-                        "`limit` or `offset` is not a valid integer.", "limit must be an integer from 1 to 1000"
+                        "`limit` or `offset` is not a valid integer.",
+                        "limit must be an integer from 1 to 1000",
+                        field="limit",
                     ),
-                    **_UPSTREAM,
+                    **_INVENTORY,
                 },
             },
             "post": {
@@ -130,9 +159,9 @@ def document() -> dict[str, Any]:
                 "responses": {
                     "200": _ok("The created movie.", movie_ref, _MOVIE),
                     "400": _BAD_JSON,
-                    "413": _TOO_LARGE,
+                    "413": too_large,
                     "415": _NOT_JSON,
-                    **_UPSTREAM,
+                    **_INVENTORY,
                 },
             },
             "delete": {
@@ -144,7 +173,7 @@ def document() -> dict[str, Any]:
                     "200": _ok(
                         "How many movies were deleted.", {"$ref": "#/components/schemas/Deleted"}, {"deleted": 3}
                     ),
-                    **_UPSTREAM,
+                    **_INVENTORY,
                 },
             },
         },
@@ -155,7 +184,7 @@ def document() -> dict[str, Any]:
                 "tags": ["movies"],
                 "summary": "Get one movie",
                 "description": "The movie with this id.",
-                "responses": {"200": _ok("The movie.", movie_ref, _MOVIE), "404": _NOT_FOUND, **_UPSTREAM},
+                "responses": {"200": _ok("The movie.", movie_ref, _MOVIE), "404": _NOT_FOUND, **_INVENTORY},
             },
             "put": {
                 "operationId": "updateMovie",
@@ -171,9 +200,9 @@ def document() -> dict[str, Any]:
                     "200": _ok("The updated movie.", movie_ref, _MOVIE),
                     "400": _BAD_JSON,
                     "404": _NOT_FOUND,
-                    "413": _TOO_LARGE,
+                    "413": too_large,
                     "415": _NOT_JSON,
-                    **_UPSTREAM,
+                    **_INVENTORY,
                 },
             },
             "delete": {
@@ -181,7 +210,7 @@ def document() -> dict[str, Any]:
                 "tags": ["movies"],
                 "summary": "Delete a movie",
                 "description": "Removes the movie and returns it as it was.",
-                "responses": {"200": _ok("The deleted movie.", movie_ref, _MOVIE), "404": _NOT_FOUND, **_UPSTREAM},
+                "responses": {"200": _ok("The deleted movie.", movie_ref, _MOVIE), "404": _NOT_FOUND, **_INVENTORY},
             },
         },
         "/api/billing": {
@@ -195,7 +224,7 @@ def document() -> dict[str, Any]:
                 "requestBody": _body(
                     "#/components/schemas/Order",
                     {"user_id": "20", "number_of_items": "99", "total_amount": "250"},
-                    "The order.",
+                    "The order; each value a JSON number or a string of digits (an amount may have 2 decimals).",
                 ),
                 "responses": {
                     "200": _ok(
@@ -204,14 +233,16 @@ def document() -> dict[str, Any]:
                         {"status": "queued", "message_id": "8c3b6f4e-2f0a-4c1e-9a57-0d5f2b7e9c11"},
                     ),
                     "400": _error(
-                        "An invalid order; nothing was published.",
+                        "An invalid order (or malformed JSON); nothing was published.",
                         "total_amount must be a non-negative amount with at most 2 decimal places",
+                        field="total_amount",
                     ),
-                    "413": _TOO_LARGE,
+                    "413": too_large,
                     "415": _NOT_JSON,
                     "503": _error(
                         "RabbitMQ is unreachable or did not confirm; nothing was queued.",
                         "billing is unavailable, the order was not queued; try again shortly",
+                        reason="broker unavailable",
                     ),
                 },
             },
@@ -260,8 +291,12 @@ def document() -> dict[str, Any]:
                             }
                         ],
                     ),
-                    "400": _error("A query parameter is not a valid integer.", "user_id must be a positive integer"),
-                    **_UPSTREAM,
+                    "400": _error(
+                        "A query parameter is not a valid integer.",
+                        "user_id must be an integer from 1 to 2147483647",
+                        field="user_id",
+                    ),
+                    **_upstream("billing-app"),
                 },
             },
         },
@@ -270,8 +305,9 @@ def document() -> dict[str, Any]:
                 "operationId": "health",
                 "tags": ["operations"],
                 "summary": "Health of the gateway",
-                "description": "200 when the gateway can serve: RabbitMQ accepts its messages and inventory-app "
-                "answers. billing-app is reported but not required (orders queue while it is down).",
+                "description": "200 when the gateway can serve: it is connected to RabbitMQ with publisher confirms "
+                "and inventory-app's own /health answers 200. billing-app is reported but not required: orders wait "
+                "in the queue while it is down. Used by the container healthcheck.",
                 "responses": {
                     "200": _ok(
                         "Usable.",
@@ -279,11 +315,12 @@ def document() -> dict[str, Any]:
                         {"status": "ok", "checks": {"broker": "ok", "inventory-app": "ok", "billing-app": "ok"}},
                     ),
                     "503": _ok(
-                        "A required dependency is down.",
+                        "RabbitMQ or inventory-app is down; `checks` says which.",
                         {"$ref": "#/components/schemas/Health"},
                         {
                             "status": "unavailable",
-                            "checks": {"broker": "down", "inventory-app": "ok", "billing-app": "ok"},
+                            "checks": {"broker": "ok", "inventory-app": "down", "billing-app": "ok"},
+                            "error": "a required dependency is down",
                         },
                     ),
                 },
@@ -294,9 +331,13 @@ def document() -> dict[str, Any]:
                 "operationId": "openapi",
                 "tags": ["operations"],
                 "summary": "This document",
-                "description": "The OpenAPI 3 description of the API.",
+                "description": "The OpenAPI 3 description of every route, the source of the /docs page.",
                 "responses": {
-                    "200": {"description": "The document.", "content": {_JSON: {"schema": {"type": "object"}}}}
+                    "200": _ok(
+                        "The document.",
+                        {"type": "object"},
+                        {"openapi": "3.0.3", "info": {"title": _TITLE, "version": _VERSION}, "paths": {}},
+                    )
                 },
             },
         },
@@ -305,9 +346,18 @@ def document() -> dict[str, Any]:
                 "operationId": "docs",
                 "tags": ["operations"],
                 "summary": "Documentation page",
-                "description": "This document rendered as a page for people.",
+                "description": "This document rendered as one self-contained HTML page for people "
+                "(no JavaScript, nothing loaded from elsewhere).",
                 "responses": {
-                    "200": {"description": "The page.", "content": {"text/html": {"schema": {"type": "string"}}}}
+                    "200": {
+                        "description": "The page.",
+                        "content": {
+                            "text/html": {
+                                "schema": {"type": "string"},
+                                "example": f"<!doctype html><html lang=en><head><title>{_TITLE}</title>...",
+                            }
+                        },
+                    }
                 },
             },
         },
@@ -320,11 +370,15 @@ def document() -> dict[str, Any]:
     return {
         "openapi": "3.0.3",
         "info": {
-            "title": "play-with-containers API",
-            "version": "1.0.0",
-            "description": "The public API of the movie-streaming platform, served by api-gateway-app on port 3000. "
-            'Every route also accepts a trailing slash. Errors are JSON `{"error": ...}`. '
-            "Each answer carries an `X-Request-ID` header (send your own to trace a request).",
+            "title": _TITLE,
+            "version": _VERSION,
+            "description": "The public API of the movie-streaming platform, served by api-gateway-app on port 3000, "
+            "the only published port. Every route also accepts a trailing slash (`/api/movies/`). "
+            'Bodies are JSON (`application/json; charset=utf-8`); errors are `{"error": "<message>", ...}` '
+            "with the request id: an unknown path answers 404 and a method the path does not support answers "
+            "405 with an `Allow` header. Each answer carries an `X-Request-ID` header: the client's own when it "
+            "is 1 to 128 letters, digits or `._:-`, a new one otherwise. The gateway forwards it to inventory-app "
+            "and stores it with each order, so one id traces a request through every log.",
         },
         "servers": [{"url": "http://localhost:3000"}],
         "tags": [

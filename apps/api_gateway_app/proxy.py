@@ -37,11 +37,20 @@ _IDEMPOTENT = frozenset(("GET", "HEAD", "PUT", "DELETE", "OPTIONS"))
 _MAX_IDLE = 20.0  # seconds; upstream waitress closes idle connections after 60 s
 
 
-class UpstreamUnavailable(Exception):
+class UpstreamError(Exception):
+    """The upstream gave no usable answer. ``str()`` is the message for the client;
+    ``detail`` says why, for the log only (it names internal hosts and errors)."""
+
+    def __init__(self, message: str, detail: str) -> None:
+        super().__init__(message)
+        self.detail = detail
+
+
+class UpstreamUnavailable(UpstreamError):
     """Refused, unresolvable or reset: answered 502."""
 
 
-class UpstreamTimeout(Exception):
+class UpstreamTimeout(UpstreamError):
     """No answer within the timeout: answered 504."""
 
 
@@ -76,7 +85,6 @@ class Upstream:
     def _fresh_connection(self) -> http.client.HTTPConnection:
         conn = http.client.HTTPConnection(self.host, self.port, timeout=self.connect_timeout)
         conn.connect()
-        conn.sock.settimeout(self.read_timeout)
         conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         return conn
 
@@ -91,7 +99,12 @@ class Upstream:
             return None
         return conn
 
-    def request(self, method: str, target: str, headers: dict[str, str], body: bytes) -> UpstreamResponse:
+    def request(
+        self, method: str, target: str, headers: dict[str, str], body: bytes, timeout: float | None = None
+    ) -> UpstreamResponse:
+        """One request; ``timeout`` (seconds) replaces the read timeout for this call only."""
+        read_timeout = self.read_timeout if timeout is None else timeout
+        unavailable = f"{self.name} is unreachable"
         for attempt in (1, 2):
             conn = self._reusable_connection()
             reused = conn is not None
@@ -99,6 +112,7 @@ class Upstream:
                 if conn is None:
                     conn = self._fresh_connection()
                 self._local.conn = conn
+                conn.sock.settimeout(read_timeout)
                 conn.request(method, target, body=body or None, headers=headers)
                 response = conn.getresponse()
                 data = response.read()
@@ -107,13 +121,15 @@ class Upstream:
                 # A kept-alive connection closed under us: the request was not processed, retry once.
                 if reused and attempt == 1 and method in _IDEMPOTENT:
                     continue
-                raise UpstreamUnavailable(f"{self.name} closed the connection ({exc.__class__.__name__})") from None
+                raise UpstreamUnavailable(unavailable, f"connection closed ({exc.__class__.__name__})") from None
             except TimeoutError:
                 self._drop(conn)
-                raise UpstreamTimeout(f"{self.name} did not answer in time") from None
+                raise UpstreamTimeout(
+                    f"{self.name} did not answer in time", f"no answer within {read_timeout:g}s"
+                ) from None
             except (OSError, http.client.HTTPException) as exc:
                 self._drop(conn)
-                raise UpstreamUnavailable(f"{self.name} is unreachable ({exc})") from None
+                raise UpstreamUnavailable(unavailable, f"{exc.__class__.__name__}: {exc}") from None
             self._local.used = time.monotonic()
             if response.will_close:
                 self._drop(conn)
@@ -131,7 +147,9 @@ def forward_headers(environ: dict[str, object], upstream_host: str) -> dict[str,
     incoming = [
         (key[5:].replace("_", "-").title(), str(value)) for key, value in environ.items() if key.startswith("HTTP_")
     ]
+    # Expect: 100-continue concerns this hop only: the gateway has already read the whole body.
     skip = hop_by_hop(incoming) | {
+        "expect",
         "host",
         "x-forwarded-for",
         "x-forwarded-proto",

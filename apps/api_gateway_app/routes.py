@@ -10,13 +10,15 @@ from urllib.parse import quote
 import bottle
 
 from api_gateway_app import docs_page, openapi
-from api_gateway_app.proxy import Upstream, UpstreamTimeout, UpstreamUnavailable, forward_headers, response_headers
+from api_gateway_app.proxy import Upstream, UpstreamError, UpstreamTimeout, forward_headers, response_headers
 from api_gateway_app.publisher import Publisher, PublishFailed
 from common import logs
 from common.orders import InvalidOrder, normalise_order
 from common.web import JSON_TYPE, ApiError, JsonApp, read_body, read_json_object, to_json
 
 log = logging.getLogger(__name__)
+# /health probes two apps and must answer within the container healthcheck's 3 s, even when both hang.
+HEALTH_PROBE_TIMEOUT = 1.2
 
 
 def _target(environ: dict[str, Any]) -> str:
@@ -28,7 +30,7 @@ def _target(environ: dict[str, Any]) -> str:
 
 def build_app(inventory: Upstream, billing: Upstream, publisher: Publisher, max_body_bytes: int) -> JsonApp:
     app = JsonApp()
-    spec = openapi.document()
+    spec = openapi.document(max_body_bytes)
     spec_json = to_json(spec)
     docs_html = docs_page.render(spec).encode("utf-8")
 
@@ -42,15 +44,17 @@ def build_app(inventory: Upstream, billing: Upstream, publisher: Publisher, max_
                 forward_headers(environ, f"{upstream.host}:{upstream.port}"),
                 body,
             )
-        except UpstreamTimeout as exc:
-            log.warning("%s", exc)
-            raise ApiError(504, str(exc)) from None
-        except UpstreamUnavailable as exc:
-            log.warning("%s", exc)
-            raise ApiError(502, str(exc)) from None
+        except UpstreamError as exc:
+            log.warning("%s: %s", exc, exc.detail)
+            raise ApiError(504 if isinstance(exc, UpstreamTimeout) else 502, str(exc)) from None
         response = bottle.HTTPResponse(answer.body, answer.status)
         for name, value in response_headers(answer.headers):
             response.add_header(name, value)
+        if bottle.request.method == "HEAD":
+            # No body to measure: the upstream's length is the one a GET would have.
+            length = next((v for k, v in answer.headers if k.lower() == "content-length"), None)
+            if length is not None:
+                response.set_header("Content-Length", length)
         return response
 
     @app.route("/api/movies", method=["GET", "POST", "DELETE"])
@@ -105,8 +109,9 @@ def build_app(inventory: Upstream, billing: Upstream, publisher: Publisher, max_
 
 
 def _probe(upstream: Upstream) -> str:
+    headers = {"Host": f"{upstream.host}:{upstream.port}", "X-Request-ID": logs.request_id.get()}
     try:
-        answer = upstream.request("GET", "/health", {"Host": f"{upstream.host}:{upstream.port}"}, b"")
-    except (UpstreamUnavailable, UpstreamTimeout):
+        answer = upstream.request("GET", "/health", headers, b"", timeout=HEALTH_PROBE_TIMEOUT)
+    except UpstreamError:
         return "down"
     return "ok" if answer.status == 200 else "down"
