@@ -95,6 +95,9 @@ class Publisher:
             self._ready.clear()
             self._channel = None
             self._fail_pending("connection to the broker lost")
+            # Release its poller and wake-up sockets now rather than at garbage collection (one set per attempt
+            # while the broker is down). A publish() racing with this finds the loop closed and times out (503).
+            connection.ioloop.close()
             if self._stopping.is_set():
                 break
             if time.monotonic() - started > 30:

@@ -42,7 +42,7 @@ def http_api() -> None:
     status_file = env.str("CONSUMER_STATUS_FILE", STATUS_FILE)
     env.check()
     pool = Pool(db, size=http.threads, application_name="billing-app api")
-    app_main.serve_http(api.build_app(pool, status_file), http)
+    app_main.serve_http(api.build_app(pool, status_file), http, behind_gateway=True)
     pool.close()
 
 

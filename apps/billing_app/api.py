@@ -8,7 +8,7 @@ from typing import Any
 
 from billing_app.store import list_orders
 from common.db import DatabaseUnavailable, Pool
-from common.web import ApiError, JsonApp, paging, query_int
+from common.web import JsonApp, json_response, paging, query_int
 
 CONSUMER_STALE_AFTER = 15.0  # seconds without a status update from the consumer
 
@@ -42,7 +42,9 @@ def build_app(pool: Pool, status_file: str) -> JsonApp:
         except DatabaseUnavailable:
             checks["database"] = "unreachable"
         if any(state != "ok" for state in checks.values()):
-            raise ApiError(503, "billing is not working", status="unavailable", checks=checks)
+            # A body of our own: ApiError's first parameter is already called ``status``.
+            body = {"status": "unavailable", "error": "billing is not working", "checks": checks}
+            return json_response(body, 503)
         return {"status": "ok", "checks": checks}
 
     return app

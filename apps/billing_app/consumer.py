@@ -156,6 +156,7 @@ class Consumer:
 
     def _store_and_ack(self, connection: pika.BlockingConnection, channel: Channel) -> None:
         delay = 0.5
+        refused: list[_Delivery] = []  # dead-lettered: settled, never acknowledged
         while True:
             batch = list(self._batch)  # deliveries keep arriving while we wait for the database
             try:
@@ -168,23 +169,28 @@ class Consumer:
                 log.warning(
                     "billing database unavailable (%s); %d orders held, retrying in %.1fs", exc, len(batch), delay
                 )
+                self._write_status()  # /health: the consumer is alive (and says the database is not)
                 connection.sleep(delay)  # keeps heartbeats going
-                delay = min(delay * 2, 10.0)
+                delay = min(delay * 2, 5.0)
             except DatabaseError as exc:
                 log.error("the database refused a batch (%s); storing its orders one by one", exc)
-                new, batch = self._store_one_by_one(channel, batch)
+                new, batch, refused = self._store_one_by_one(channel, batch)
                 break
         if batch:
+            # Every tag up to this one is in ``batch`` or was rejected: later deliveries have higher tags.
             channel.basic_ack(max(d.tag for d in batch), multiple=True)
-        stored = {d.tag for d in batch}
-        self._batch = [d for d in self._batch if d.tag not in stored]
+        settled = {d.tag for d in batch} | {d.tag for d in refused}
+        self._batch = [d for d in self._batch if d.tag not in settled]
         if self._batch:
             self._first_at = time.monotonic()
         log.info("stored %d orders (%d already stored), acknowledged %d", new, len(batch) - new, len(batch))
 
-    def _store_one_by_one(self, channel: Channel, batch: list[_Delivery]) -> tuple[int, list[_Delivery]]:
-        """Isolate the orders the database refuses (dead-lettered) from the good ones (stored)."""
-        new, good = 0, []
+    def _store_one_by_one(
+        self, channel: Channel, batch: list[_Delivery]
+    ) -> tuple[int, list[_Delivery], list[_Delivery]]:
+        """Isolate the orders the database refuses (dead-lettered) from the good ones (stored).
+        Returns the number of new rows, the stored deliveries and the rejected ones."""
+        new, good, refused = 0, [], []
         for delivery in batch:
             try:
                 new += insert_orders(self.pool, [delivery.order])
@@ -196,7 +202,8 @@ class Consumer:
                     pika.BasicProperties(message_id=delivery.order.message_id),
                     f"refused by the database: {exc}",
                 )
-        return new, good
+                refused.append(delivery)
+        return new, good, refused
 
     # --- health -------------------------------------------------------------------------------
 

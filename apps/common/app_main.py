@@ -30,7 +30,16 @@ class HttpSettings:
         )
 
 
-def serve_http(app: Any, http: HttpSettings) -> None:
+def serve_http(app: Any, http: HttpSettings, behind_gateway: bool = False) -> None:
+    """Serve ``app``. The internal apps (``behind_gateway``) take the client's address from the
+    gateway's X-Forwarded-* headers; the gateway itself trusts no such header from clients."""
+    forwarded: dict[str, Any] = {}
+    if behind_gateway:
+        forwarded = {
+            "trusted_proxy": "*",  # only the backend network reaches the internal apps
+            "trusted_proxy_count": 1,
+            "trusted_proxy_headers": {"x-forwarded-for", "x-forwarded-proto", "x-forwarded-host"},
+        }
     web.serve(
         app,
         port=http.port,
@@ -39,6 +48,7 @@ def serve_http(app: Any, http: HttpSettings) -> None:
         max_request_body_size=max(16 * 1024 * 1024, http.max_body_bytes * 4),
         channel_timeout=60,
         connection_limit=1000,
+        **forwarded,
     )
 
 

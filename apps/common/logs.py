@@ -55,4 +55,6 @@ def setup(level: str = "INFO", log_dir: str | None = None, max_bytes: int = 0, b
         access.addHandler(_handler(rotating("access.log"), ACCESS_FORMAT))
 
     # waitress logs "Serving on ..." and queue warnings under its own name; keep them.
-    logging.getLogger("pika").setLevel(logging.WARNING)
+    # pika logs every failed (re)connection attempt at ERROR, several lines each; the apps log one
+    # line per attempt themselves, with the reason.
+    logging.getLogger("pika").setLevel(logging.CRITICAL)

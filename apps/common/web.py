@@ -12,6 +12,7 @@ import json
 import logging
 import re
 import signal
+import socket
 import threading
 import time
 import uuid
@@ -27,6 +28,8 @@ from common.db import DatabaseUnavailable
 
 JSON_TYPE = "application/json; charset=utf-8"
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+# Names the replica (container hostname) that answered, in the X-Served-By response header.
+SERVED_BY = socket.gethostname()
 log = logging.getLogger(__name__)
 access_log = logging.getLogger("access")
 
@@ -34,7 +37,8 @@ access_log = logging.getLogger("access")
 class ApiError(bottle.HTTPError):
     """An error answered as JSON: ``{"error": message, **extra}``."""
 
-    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None, **extra: Any) -> None:
+    # status and message are positional-only, so that ``extra`` may hold fields with those names.
+    def __init__(self, status: int, message: str, /, headers: dict[str, str] | None = None, **extra: Any) -> None:
         super().__init__(status, message, **(headers or {}))
         self.extra = extra
 
@@ -159,7 +163,8 @@ class RequestContext:
     """Outermost WSGI layer of every app.
 
     Gives each request an id (kept from ``X-Request-ID`` when valid, returned in the response),
-    treats ``/path/`` as ``/path``, and writes one access-log line per request.
+    names the replica that answered (``X-Served-By``), treats ``/path/`` as ``/path``, and writes
+    one access-log line per request.
     """
 
     def __init__(self, app: Callable[..., Any]) -> None:
@@ -179,8 +184,14 @@ class RequestContext:
 
         def start(status_line: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
             status[0] = status_line.split(" ", 1)[0]
-            headers = [(k, v) for k, v in headers if k.lower() != "x-request-id"]
+            # A proxied answer keeps the upstream replica's name as X-Upstream-Served-By.
+            headers = [
+                ("X-Upstream-Served-By", v) if k.lower() == "x-served-by" else (k, v)
+                for k, v in headers
+                if k.lower() != "x-request-id"
+            ]
             headers.append(("X-Request-ID", rid))
+            headers.append(("X-Served-By", SERVED_BY))
             return start_response(status_line, headers, exc_info)
 
         try:
@@ -196,7 +207,7 @@ class RequestContext:
             access_log.info(
                 "%s %s %s %s %s %d %.1fms",
                 rid,
-                environ.get("HTTP_X_FORWARDED_FOR", environ.get("REMOTE_ADDR", "-")).split(",")[0].strip(),
+                environ.get("REMOTE_ADDR", "-"),  # the client, also behind the gateway (see serve_http)
                 environ.get("REQUEST_METHOD", "-"),
                 path + ("?" + environ["QUERY_STRING"] if environ.get("QUERY_STRING") else ""),
                 status[0],

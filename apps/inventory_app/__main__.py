@@ -16,7 +16,7 @@ def main() -> None:
     env.check()
     pool = Pool(db, size=http.threads, application_name="inventory-app")
     app = build_app(MovieStore(pool), pool, http.max_body_bytes)
-    app_main.serve_http(app, http)
+    app_main.serve_http(app, http, behind_gateway=True)
     pool.close()
 
 
