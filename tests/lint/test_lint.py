@@ -41,7 +41,9 @@ def test_shellcheck() -> None:
 def test_ruff() -> None:
     result = run(tool("ruff"), "check", str(ROOT), check=False)
     assert result.returncode == 0, result.stdout + result.stderr
-    result = run(tool("ruff"), "format", "--check", str(ROOT / "apps"), check=False)
+    result = run(
+        tool("ruff"), "format", "--check", str(ROOT / "apps"), str(ROOT / "tests"), str(ROOT / "bench"), check=False
+    )
     assert result.returncode == 0, result.stdout + result.stderr
 
 
