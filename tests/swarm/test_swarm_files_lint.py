@@ -1,0 +1,25 @@
+"""Static checks of the swarm files that tests/lint does not cover (it lints scripts/*.sh and
+images/*/Dockerfile): the simulated nodes' script and Dockerfile."""
+
+from __future__ import annotations
+
+import shutil
+
+from stack import ROOT, run
+
+
+def tool(name: str) -> str:
+    path = shutil.which(name)
+    assert path, f"{name} is not installed (scripts/test.sh installs it)"
+    return path
+
+
+def test_the_nodes_script_is_shellcheck_clean() -> None:
+    result = run(tool("shellcheck"), str(ROOT / "swarm" / "nodes.sh"), check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_node_dockerfile_is_hadolint_clean() -> None:
+    dockerfile = ROOT / "swarm" / "node" / "Dockerfile"
+    result = run(tool("hadolint"), "--config", str(ROOT / ".hadolint.yaml"), str(dockerfile), check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
