@@ -15,18 +15,9 @@ error() {
 	exit 1
 }
 
-# file_env VAR: VAR comes from $VAR or from the file named by $VAR_FILE (not both).
-file_env() {
-	local var="$1" file_var="${1}_FILE"
-	if [[ -n "${!var:-}" && -n "${!file_var:-}" ]]; then
-		error "both $var and $file_var are set; use only one"
-	fi
-	if [[ -n "${!file_var:-}" ]]; then
-		[[ -r "${!file_var}" ]] || error "$file_var: cannot read ${!file_var}"
-		export "$var"="$(<"${!file_var}")"
-	fi
-	unset "$file_var"
-}
+# file_env: VAR from $VAR or from the file named by $VAR_FILE (shared with the other bootstrap script).
+# shellcheck source=scripts/file-env.sh
+source "$(dirname "${BASH_SOURCE[0]}")/file-env.sh"
 
 load_environment() {
 	local var missing=()

@@ -15,18 +15,9 @@ readonly SOCKET_DIR=/run/postgresql
 log() { printf 'db-bootstrap: %s\n' "$*"; }
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }
 
-# VAR or VAR_FILE (the file's content) -> VAR; both set is an error.
-file_env() {
-	local var="$1" file_var="${1}_FILE"
-	if [[ -n "${!var:-}" && -n "${!file_var:-}" ]]; then
-		die "both $var and $file_var are set; use only one"
-	fi
-	if [[ -n "${!file_var:-}" ]]; then
-		[[ -r "${!file_var}" ]] || die "$file_var: cannot read ${!file_var}"
-		export "$var"="$(<"${!file_var}")"
-	fi
-	unset "$file_var"
-}
+# file_env: VAR from $VAR or from the file named by $VAR_FILE (shared with the other bootstrap script).
+# shellcheck source=scripts/file-env.sh
+source "$(dirname "${BASH_SOURCE[0]}")/file-env.sh"
 
 # Names become SQL identifiers and "<name>_owner" must fit PostgreSQL's 63-byte limit.
 check_identifier() {

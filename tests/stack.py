@@ -190,15 +190,16 @@ def internal_http(
     )
 
 
-def make_env_file(path: Path) -> dict[str, str]:
-    """A test .env: the example's names with fresh random secrets and the test port."""
+def make_env_file(path: Path, prefix: str = PROJECT, port: int = PORT) -> dict[str, str]:
+    """A test .env: the example's names with fresh random secrets, the test port, and the prefix
+    that tests/compose.test.yml gives images, containers and volumes ("<prefix>/<service>")."""
     env: dict[str, str] = {}
     for line in (ROOT / ".env.example").read_text().splitlines():
         if line and not line.startswith("#") and "=" in line:
             name, value = line.split("=", 1)
             env[name] = value or secrets.token_hex(16)
-    env["GATEWAY_PORT"] = str(PORT)
-    env["TEST_PREFIX"] = PROJECT
+    env["GATEWAY_PORT"] = str(port)
+    env["TEST_PREFIX"] = prefix
     path.write_text("".join(f"{k}={v}\n" for k, v in env.items()))
     path.chmod(0o600)
     return env

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 import subprocess
 import threading
 import time
@@ -17,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import stack
 from stack import ROOT, Response, run, wait_for
 
 # Override to run next to another swarm test stack (e.g. PWC_SWARM_STACK=pwc-swarm-2 PWC_SWARM_PORT=3401).
@@ -50,17 +50,7 @@ def swarm_state() -> str:
 
 def make_env_file(path: Path) -> dict[str, str]:
     """A .env for the swarm test stack: the example's names, fresh random secrets, the test port."""
-    env: dict[str, str] = {}
-    for line in (ROOT / ".env.example").read_text().splitlines():
-        if line and not line.startswith("#") and "=" in line:
-            name, value = line.split("=", 1)
-            env[name] = value or secrets.token_hex(16)
-    env["GATEWAY_PORT"] = str(PORT)
-    # tests/compose.test.yml tags the images it builds "<TEST_PREFIX>/<service>".
-    env["TEST_PREFIX"] = NAME
-    path.write_text("".join(f"{k}={v}\n" for k, v in env.items()))
-    path.chmod(0o600)
-    return env
+    return stack.make_env_file(path, prefix=NAME, port=PORT)
 
 
 @dataclass
