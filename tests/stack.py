@@ -43,6 +43,15 @@ class Response:
         return json.loads(self.body)
 
 
+def request_body(body: Any, headers: dict[str, str] | None, raw: bytes | None) -> tuple[bytes | None, dict[str, str]]:
+    """The bytes and headers of a request: ``body`` sent as JSON, or ``raw`` bytes as they are."""
+    all_headers = dict(headers or {})
+    if body is None:
+        return raw, all_headers
+    all_headers.setdefault("Content-Type", "application/json")
+    return json.dumps(body).encode(), all_headers
+
+
 @dataclass
 class Stack:
     env_file: Path
@@ -131,11 +140,7 @@ class Stack:
         raw: bytes | None = None,
         timeout: float = 30,
     ) -> Response:
-        data = raw
-        all_headers = dict(headers or {})
-        if body is not None:
-            data = json.dumps(body).encode()
-            all_headers.setdefault("Content-Type", "application/json")
+        data, all_headers = request_body(body, headers, raw)
         request = urllib.request.Request(
             f"http://127.0.0.1:{PORT}{path}", data=data, method=method, headers=all_headers
         )
@@ -172,11 +177,7 @@ def internal_http(
     port: int = 8080,
 ) -> Response:
     """HTTP straight to an internal app (e.g. inventory-app:8080), from inside the backend network."""
-    data = raw
-    all_headers = dict(headers or {})
-    if body is not None:
-        data = json.dumps(body).encode()
-        all_headers.setdefault("Content-Type", "application/json")
+    data, all_headers = request_body(body, headers, raw)
     spec = {
         "url": f"http://{service}:{port}{path}",
         "method": method,
