@@ -104,6 +104,22 @@ initialise() {
 	log "initialisation complete"
 }
 
+# After a kill -9 of the container, postmaster.pid stays in the volume. In the new container's PID
+# namespace its PID may belong to another live process (supervisord, a healthcheck), and the server
+# then refuses to start ("lock file already exists") until PIDs happen to differ: supervisor gives up,
+# Docker restarts the container, maybe more than once. A lock file whose PID is not a running postgres
+# is stale. (Orphaned backends of a crashed server still stop a second one: the shared memory interlock.)
+remove_stale_pid_file() {
+	local pid_file="$1/postmaster.pid" pid
+	[[ -f "$pid_file" ]] || return 0
+	pid="$(head -n 1 "$pid_file")"
+	if [[ "$pid" =~ ^[0-9]+$ && "$(cat "/proc/$pid/comm" 2>/dev/null)" == postgres ]]; then
+		return 0
+	fi
+	log "removing stale $pid_file (PID $pid is not a running postgres)"
+	rm -f "$pid_file"
+}
+
 main() {
 	local pgdata
 	trap stop_leftover_server EXIT
@@ -113,6 +129,7 @@ main() {
 	pgdata="$("$PG_BIN/postgres" -c config_file="$CONFIG_FILE" -c log_min_messages=fatal -C data_directory)"
 	if [[ -s "$pgdata/PG_VERSION" ]]; then
 		log "database already initialised, starting"
+		remove_stale_pid_file "$pgdata"
 	elif [[ -e "$pgdata" && -n "$(ls -A "$pgdata")" ]]; then
 		die "$pgdata is not empty but holds no database (no PG_VERSION); refusing to touch it"
 	else

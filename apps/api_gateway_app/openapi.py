@@ -13,6 +13,21 @@ _JSON = "application/json"
 _TITLE = "play-with-containers API"
 _VERSION = "1.0.0"
 _RID = "3f2c9a1e0b7d4c55a1e2f3b4c5d6e7f8"
+_INT_MAX = 2**31 - 1  # PostgreSQL integer columns; ids, user ids, counts and offsets stop there
+
+# Exact patterns of what common/orders.py accepts in a numeric string, so that the document and the
+# validation agree value for value (checked by schemathesis in tests/e2e/test_failures.py).
+# Around the number: the characters Python's str.strip() removes (" 8 " is accepted as 8).
+_SPACES = "[\\t-\\r\\x1c- \\x85\\xa0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000]*"
+# 1 to 2147483647, leading zeros allowed.
+_POSITIVE_INT = (
+    "0*(?:[1-9][0-9]{0,8}|1[0-9]{9}|20[0-9]{8}|21[0-3][0-9]{7}|214[0-6][0-9]{6}|2147[0-3][0-9]{5}"
+    "|21474[0-7][0-9]{4}|214748[0-2][0-9]{3}|2147483[0-5][0-9]{2}|21474836[0-3][0-9]|214748364[0-7])"
+)
+# 0 to 9999999999.99 (numeric(12,2)), at most 2 decimals, leading zeros allowed.
+_AMOUNT = "0*[0-9]{1,10}(?:\\.[0-9]{1,2})?"
+# PostgreSQL text cannot hold NUL: the apps refuse it with 400.
+_NO_NUL = "^[^\\x00]*$"
 
 
 def _error(description: str, message: str, **extra: Any) -> dict[str, Any]:
@@ -73,8 +88,8 @@ _MOVIE_ID = {
     "name": "id",
     "in": "path",
     "required": True,
-    "description": "The movie's id.",
-    "schema": {"type": "integer", "minimum": 1},
+    "description": "The movie's id (any other value is simply not found: 404).",
+    "schema": {"type": "integer", "minimum": 1, "maximum": _INT_MAX},
     "example": 1,
 }
 _REQUEST_ID_HEADER = {
@@ -116,14 +131,15 @@ def document(max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> dict[str, Any]:
                         "name": "title",
                         "in": "query",
                         "required": False,
-                        "schema": {"type": "string"},
-                        "description": "Case-insensitive substring of the title.",
+                        "schema": {"type": "string", "pattern": _NO_NUL},
+                        "description": "Case-insensitive substring of the title (UTF-8, no NUL character).",
                         "example": "incep",
                     },
                     {
                         "name": "limit",
                         "in": "query",
                         "required": False,
+                        "allowEmptyValue": True,  # `?limit=` is the same as no limit
                         "schema": {"type": "integer", "minimum": 1, "maximum": 1000},
                         "description": "At most this many movies.",
                     },
@@ -131,7 +147,8 @@ def document(max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> dict[str, Any]:
                         "name": "offset",
                         "in": "query",
                         "required": False,
-                        "schema": {"type": "integer", "minimum": 0},
+                        "allowEmptyValue": True,  # `?offset=` is the same as no offset
+                        "schema": {"type": "integer", "minimum": 0, "maximum": _INT_MAX},
                         "description": "Skip this many movies first.",
                     },
                 ],
@@ -258,13 +275,15 @@ def document(max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> dict[str, Any]:
                         "name": "user_id",
                         "in": "query",
                         "required": False,
-                        "schema": {"type": "integer", "minimum": 1},
+                        "allowEmptyValue": True,  # `?user_id=` is the same as no user_id
+                        "schema": {"type": "integer", "minimum": 1, "maximum": _INT_MAX},
                         "description": "Only this user's orders.",
                     },
                     {
                         "name": "limit",
                         "in": "query",
                         "required": False,
+                        "allowEmptyValue": True,  # `?limit=` is the same as no limit
                         "schema": {"type": "integer", "minimum": 1, "maximum": 1000},
                         "description": "At most this many orders.",
                     },
@@ -272,7 +291,8 @@ def document(max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> dict[str, Any]:
                         "name": "offset",
                         "in": "query",
                         "required": False,
-                        "schema": {"type": "integer", "minimum": 0},
+                        "allowEmptyValue": True,  # `?offset=` is the same as no offset
+                        "schema": {"type": "integer", "minimum": 0, "maximum": _INT_MAX},
                         "description": "Skip this many orders first.",
                     },
                 ],
@@ -367,6 +387,7 @@ def document(max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> dict[str, Any]:
             if method != "parameters":
                 _with_request_id(operation["responses"])
     string = {"type": "string"}
+    text = {"type": "string", "pattern": _NO_NUL, "description": "Any text without a NUL character."}
     return {
         "openapi": "3.0.3",
         "info": {
@@ -376,8 +397,9 @@ def document(max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> dict[str, Any]:
             "the only published port. Every route also accepts a trailing slash (`/api/movies/`). "
             'Bodies are JSON (`application/json; charset=utf-8`); errors are `{"error": "<message>", ...}` '
             "with the request id: an unknown path answers 404 and a method the path does not support answers "
-            "405 with an `Allow` header. Each answer carries an `X-Request-ID` header: the client's own when it "
-            "is 1 to 128 letters, digits or `._:-`, a new one otherwise. The gateway forwards it to inventory-app "
+            "405 with an `Allow` header. An empty query parameter (`?limit=`) counts as absent. Each answer "
+            "carries an `X-Request-ID` header: the client's own when it is 1 to 128 letters, digits or `._:-`, "
+            "a new one otherwise. The gateway forwards it to inventory-app "
             "and stores it with each order, so one id traces a request through every log.",
         },
         "servers": [{"url": "http://localhost:3000"}],
@@ -395,8 +417,8 @@ def document(max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> dict[str, Any]:
                     "additionalProperties": False,
                     "properties": {
                         "id": {"type": "integer"},
-                        "title": {"type": "string", "minLength": 1, "maxLength": 255},
-                        "description": {"type": "string", "maxLength": 10000},
+                        "title": {**text, "minLength": 1, "maxLength": 255},
+                        "description": {**text, "maxLength": 10000},
                     },
                 },
                 "NewMovie": {
@@ -404,8 +426,8 @@ def document(max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> dict[str, Any]:
                     "required": ["title"],
                     "additionalProperties": False,
                     "properties": {
-                        "title": {"type": "string", "minLength": 1, "maxLength": 255},
-                        "description": {"type": "string", "maxLength": 10000, "default": ""},
+                        "title": {**text, "minLength": 1, "maxLength": 255},
+                        "description": {**text, "maxLength": 10000, "default": ""},
                     },
                 },
                 "MovieChanges": {
@@ -413,8 +435,8 @@ def document(max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> dict[str, Any]:
                     "minProperties": 1,
                     "additionalProperties": False,
                     "properties": {
-                        "title": {"type": "string", "minLength": 1, "maxLength": 255},
-                        "description": {"type": "string", "maxLength": 10000},
+                        "title": {**text, "minLength": 1, "maxLength": 255},
+                        "description": {**text, "maxLength": 10000},
                     },
                 },
                 "Deleted": {"type": "object", "required": ["deleted"], "properties": {"deleted": {"type": "integer"}}},
@@ -425,24 +447,27 @@ def document(max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> dict[str, Any]:
                     "properties": {
                         "user_id": {
                             "oneOf": [
-                                {"type": "integer", "minimum": 1, "maximum": 2147483647},
-                                {"type": "string", "pattern": "^[0-9]+$"},
+                                {"type": "integer", "minimum": 1, "maximum": _INT_MAX},
+                                {"type": "string", "pattern": f"^{_SPACES}{_POSITIVE_INT}{_SPACES}$"},
                             ],
-                            "description": "A positive integer, or a string of digits.",
+                            "description": "A positive integer (at most 2147483647), or the same as a string of "
+                            "digits; surrounding whitespace is ignored.",
                         },
                         "number_of_items": {
                             "oneOf": [
-                                {"type": "integer", "minimum": 1, "maximum": 2147483647},
-                                {"type": "string", "pattern": "^[0-9]+$"},
+                                {"type": "integer", "minimum": 1, "maximum": _INT_MAX},
+                                {"type": "string", "pattern": f"^{_SPACES}{_POSITIVE_INT}{_SPACES}$"},
                             ],
-                            "description": "A positive integer, or a string of digits.",
+                            "description": "A positive integer (at most 2147483647), or the same as a string of "
+                            "digits; surrounding whitespace is ignored.",
                         },
                         "total_amount": {
                             "oneOf": [
-                                {"type": "number", "minimum": 0, "maximum": 9999999999.99},
-                                {"type": "string", "pattern": "^[0-9]+(\\.[0-9]{1,2})?$"},
+                                {"type": "number", "minimum": 0, "maximum": 9999999999.99, "multipleOf": 0.01},
+                                {"type": "string", "pattern": f"^{_SPACES}{_AMOUNT}{_SPACES}$"},
                             ],
-                            "description": "A non-negative amount with at most 2 decimal places.",
+                            "description": "A non-negative amount (at most 9999999999.99) with at most 2 decimal "
+                            "places, as a number or a string; surrounding whitespace is ignored.",
                         },
                     },
                 },

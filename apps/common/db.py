@@ -126,7 +126,7 @@ class Pool:
                 application_name=self._application_name,
                 startup_params={"statement_timeout": str(s.statement_timeout_ms)},
             )
-        except InterfaceError as exc:
+        except (InterfaceError, OSError) as exc:  # pg8000 lets socket errors of its reads through
             sock.close()
             raise DatabaseUnavailable(f"cannot connect to {s.host}:{s.port}: {exc}") from None
         except DatabaseError as exc:
@@ -157,7 +157,7 @@ class Pool:
         try:
             conn.run("BEGIN")
             return conn
-        except (InterfaceError, DatabaseError) as exc:
+        except (InterfaceError, DatabaseError, OSError) as exc:  # e.g. ConnectionResetError: server killed
             self._discard(conn)
             if isinstance(exc, DatabaseError) and not sqlstate(exc).startswith(_UNAVAILABLE_CLASSES):
                 raise
@@ -167,7 +167,7 @@ class Pool:
         try:
             conn.run("BEGIN")
             return conn
-        except (InterfaceError, DatabaseError) as exc:
+        except (InterfaceError, DatabaseError, OSError) as exc:
             self._discard(conn)
             raise DatabaseUnavailable(str(exc)) from None
 
