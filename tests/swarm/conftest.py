@@ -3,6 +3,9 @@
 
 If the engine was in no swarm, the run initialises one (scripts/swarm.sh does) and leaves it at the end;
 a swarm that existed before is left as found, apart from the storage label swarm.sh puts on a node.
+If the engine is in no swarm and containers other than this run's compose test stack are running (a
+user's stack, say), the swarm tests are skipped with that reason, since joining and leaving a swarm
+breaks name resolution in running bridge networks on Docker 20.10; PWC_SWARM_FORCE=1 runs them anyway.
 Set PWC_KEEP_SWARM=1 to keep the stack (and the swarm) at the end for inspection; the next run
 replaces it with a fresh deployment.
 """
@@ -16,7 +19,18 @@ from collections.abc import Iterator
 import pytest
 from swarm_stack import FIGURES, NAME, REPLICAS, SwarmStack, make_env_file, record, swarm_state
 
-from stack import ROOT, run
+from stack import PROJECT, ROOT, run
+
+# Docker 20.10: `docker swarm init`/`leave` breaks name resolution inside the bridge networks of
+# containers that are already running (moby/moby#45144). So a run that has to create the swarm does
+# not do it under other people's containers: only this session's own compose test stack may run.
+_FORCE = os.environ.get("PWC_SWARM_FORCE") == "1"
+
+
+def _foreign_containers() -> list[str]:
+    out = run("docker", "ps", "--format", '{{.Names}} {{.Label "com.docker.compose.project"}}').stdout
+    return [line.split()[0] for line in out.splitlines() if line.split()[1:] != [PROJECT]]
+
 
 # Why the deployment failed, so that the following tests fail at once instead of deploying again.
 _deploy_error: list[str] = []
@@ -29,6 +43,13 @@ def swarm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SwarmStack]:
     state = swarm_state()
     if state not in ("inactive", "active"):
         pytest.fail(f"the Docker engine's swarm state is {state!r}; expected inactive or active")
+    foreign = _foreign_containers() if state == "inactive" and not _FORCE else []
+    if foreign:
+        pytest.skip(
+            "not initialising a swarm while other containers run on this engine (joining and leaving a swarm "
+            f"breaks their DNS on Docker 20.10, moby/moby#45144): {', '.join(foreign[:6])}; "
+            "stop them, or set PWC_SWARM_FORCE=1"
+        )
     env_file = tmp_path_factory.mktemp("swarm") / "swarm.env"
     stack = SwarmStack(env_file, make_env_file(env_file))
     keep = os.environ.get("PWC_KEEP_SWARM") == "1"
