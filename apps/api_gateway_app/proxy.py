@@ -2,11 +2,16 @@
 
 Each waitress thread keeps its own ``http.client`` connection per upstream (http.client objects are
 not thread-safe), so there is no TCP handshake per request and no locking.
+
+An upstream name may resolve to several replicas (Swarm's DNS round robin): new connections take
+the resolved addresses in turn, names are resolved again every few seconds, and connections are
+retired after a while, so replicas added by a scale-out get their share of the traffic.
 """
 
 from __future__ import annotations
 
 import http.client
+import itertools
 import logging
 import select
 import socket
@@ -35,6 +40,8 @@ HOP_BY_HOP = frozenset(
 _OWN_RESPONSE_HEADERS = frozenset(("content-length", "date", "server", "x-request-id"))
 _IDEMPOTENT = frozenset(("GET", "HEAD", "PUT", "DELETE", "OPTIONS"))
 _MAX_IDLE = 20.0  # seconds; upstream waitress closes idle connections after 60 s
+_MAX_AGE = 30.0  # seconds; then a new connection, possibly to another replica
+_RESOLVE_EVERY = 5.0  # seconds
 
 
 class UpstreamError(Exception):
@@ -81,20 +88,41 @@ class Upstream:
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
         self._local = threading.local()
+        self._addresses: list[str] = []
+        self._resolved_at = -_RESOLVE_EVERY
+        self._turn = itertools.count()
+
+    def _next_address(self) -> str:
+        # No lock: racing threads at worst resolve twice; next() on a count is atomic.
+        addresses = self._addresses
+        if time.monotonic() - self._resolved_at > _RESOLVE_EVERY or not addresses:
+            found = socket.getaddrinfo(self.host, self.port, type=socket.SOCK_STREAM)
+            addresses = sorted({info[4][0] for info in found})
+            self._addresses, self._resolved_at = addresses, time.monotonic()
+        return addresses[next(self._turn) % len(addresses)]
 
     def _fresh_connection(self) -> http.client.HTTPConnection:
-        conn = http.client.HTTPConnection(self.host, self.port, timeout=self.connect_timeout)
-        conn.connect()
+        # The Host header names the upstream (forward_headers), so connecting by address is transparent.
+        address = self._next_address()
+        conn = http.client.HTTPConnection(address, self.port, timeout=self.connect_timeout)
+        try:
+            conn.connect()
+        except OSError:
+            # That replica may be gone: skip it until the name is resolved again.
+            self._addresses = [known for known in self._addresses if known != address]
+            raise
         conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._local.opened = time.monotonic()
         return conn
 
     def _reusable_connection(self) -> http.client.HTTPConnection | None:
         conn: http.client.HTTPConnection | None = getattr(self._local, "conn", None)
         if conn is None or conn.sock is None:
             return None
-        idle = time.monotonic() - getattr(self._local, "used", 0.0)
+        now = time.monotonic()
+        idle = now - getattr(self._local, "used", 0.0)
         # A readable idle socket means the upstream closed it (or sent garbage): don't reuse.
-        if idle > _MAX_IDLE or select.select([conn.sock], [], [], 0)[0]:
+        if idle > _MAX_IDLE or now - self._local.opened > _MAX_AGE or select.select([conn.sock], [], [], 0)[0]:
             conn.close()
             return None
         return conn
@@ -108,9 +136,17 @@ class Upstream:
         for attempt in (1, 2):
             conn = self._reusable_connection()
             reused = conn is not None
-            try:
-                if conn is None:
+            if conn is None:
+                try:
                     conn = self._fresh_connection()
+                except OSError as exc:
+                    if attempt == 1:  # nothing was sent: try once more, elsewhere if there is elsewhere
+                        continue
+                    if isinstance(exc, TimeoutError):
+                        detail = f"no connection within {self.connect_timeout:g}s"
+                        raise UpstreamTimeout(f"{self.name} did not answer in time", detail) from None
+                    raise UpstreamUnavailable(unavailable, f"{exc.__class__.__name__}: {exc}") from None
+            try:
                 self._local.conn = conn
                 conn.sock.settimeout(read_timeout)
                 conn.request(method, target, body=body or None, headers=headers)
