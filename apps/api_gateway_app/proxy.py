@@ -1,7 +1,7 @@
 """Forwarding requests to the internal apps over reused keep-alive connections.
 
-Each waitress thread keeps its own ``http.client`` connection per upstream (http.client objects are
-not thread-safe), so there is no TCP handshake per request and no locking.
+Each waitress thread keeps its own connection per upstream, so there is no TCP handshake per request
+and no locking.
 
 An upstream name may resolve to several replicas (Swarm's DNS round robin): new connections take
 the resolved addresses in turn, names are resolved again every few seconds, and connections are
@@ -10,7 +10,6 @@ retired after a while, so replicas added by a scale-out get their share of the t
 
 from __future__ import annotations
 
-import http.client
 import itertools
 import logging
 import select
@@ -42,6 +41,7 @@ _IDEMPOTENT = frozenset(("GET", "HEAD", "PUT", "DELETE", "OPTIONS"))
 _MAX_IDLE = 20.0  # seconds; upstream waitress closes idle connections after 60 s
 _MAX_AGE = 30.0  # seconds; then a new connection, possibly to another replica
 _RESOLVE_EVERY = 5.0  # seconds
+_MAX_HEAD = 64 * 1024  # bytes of status line and headers
 
 
 class UpstreamError(Exception):
@@ -77,6 +77,111 @@ def hop_by_hop(headers: list[tuple[str, str]]) -> frozenset[str]:
     return HOP_BY_HOP | listed
 
 
+class BadResponse(Exception):
+    """The upstream's answer is not HTTP/1.x as expected."""
+
+
+class _Connection:
+    """A kept-alive connection to one upstream address, with its read buffer.
+
+    ``http.client`` parses every response's headers with the ``email`` package; the upstreams are
+    our own waitress apps, so a plain HTTP/1.1 exchange (Content-Length or chunked bodies) suffices
+    and takes a fraction of the CPU.
+    """
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.buffer = bytearray()
+        self.opened = self.used = time.monotonic()
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def _fill(self) -> None:
+        data = self.sock.recv(65536)
+        if not data:
+            raise ConnectionResetError("the upstream closed the connection")
+        self.buffer += data
+
+    def _take(self, size: int) -> bytes:
+        while len(self.buffer) < size:
+            self._fill()
+        data = bytes(self.buffer[:size])
+        del self.buffer[:size]
+        return data
+
+    def _line(self, limit: int = _MAX_HEAD) -> bytes:
+        """Bytes up to CRLF (excluded)."""
+        while (end := self.buffer.find(b"\r\n")) < 0:
+            if len(self.buffer) > limit:
+                raise BadResponse("line too long")
+            self._fill()
+        return self._take(end + 2)[:-2]
+
+    def exchange(self, method: str, target: str, headers: dict[str, str], body: bytes) -> tuple[UpstreamResponse, bool]:
+        """Send one request, read its response: (response, whether the connection must be closed)."""
+        head = [f"{method} {target} HTTP/1.1"]
+        head += [f"{name}: {value}" for name, value in headers.items()]
+        if body or method in ("POST", "PUT", "PATCH"):
+            head.append(f"Content-Length: {len(body)}")
+        self.sock.sendall("\r\n".join(head).encode("latin-1") + b"\r\n\r\n" + body)
+
+        while (end := self.buffer.find(b"\r\n\r\n")) < 0:
+            if len(self.buffer) > _MAX_HEAD:
+                raise BadResponse("response head too long")
+            self._fill()
+        lines = self._take(end + 4)[:-4].decode("latin-1").split("\r\n")
+        version, _, rest = lines[0].partition(" ")
+        code, _, reason = rest.partition(" ")
+        if version not in ("HTTP/1.1", "HTTP/1.0") or not (code.isdigit() and len(code) == 3):
+            raise BadResponse(f"bad status line {lines[0][:80]!r}")
+        status = int(code)
+        response_headers = []
+        for line in lines[1:]:
+            name, colon, value = line.partition(":")
+            if not colon or not name or name != name.strip():
+                raise BadResponse(f"bad header line {line[:80]!r}")
+            response_headers.append((name, value.strip()))
+        fields = {name.lower(): value for name, value in response_headers}
+        tokens = {token.strip().lower() for token in fields.get("connection", "").split(",")}
+        close = "close" in tokens or (version == "HTTP/1.0" and "keep-alive" not in tokens)
+
+        if method == "HEAD" or status in (204, 304) or status < 200:
+            data = b""
+        elif fields.get("transfer-encoding", "").lower() == "chunked":
+            data = self._chunked()
+        elif "content-length" in fields:
+            length = fields["content-length"]
+            if not length.isdigit():
+                raise BadResponse(f"bad Content-Length {length[:40]!r}")
+            data = self._take(int(length))
+        else:  # the body ends when the upstream closes the connection
+            while True:
+                try:
+                    self._fill()
+                except ConnectionResetError:
+                    break
+            data, close = bytes(self.buffer), True
+            self.buffer.clear()
+        return UpstreamResponse(status, reason, response_headers, data), close
+
+    def _chunked(self) -> bytes:
+        chunks = []
+        while True:
+            size_text = self._line().split(b";", 1)[0].strip()
+            try:
+                size = int(size_text, 16)
+            except ValueError:
+                raise BadResponse(f"bad chunk size {size_text[:20]!r}") from None
+            if size == 0:
+                while self._line():  # trailers, ignored
+                    pass
+                return b"".join(chunks)
+            chunks.append(self._take(size))
+            if self._take(2) != b"\r\n":
+                raise BadResponse("chunk not followed by CRLF")
+
+
 class Upstream:
     def __init__(self, name: str, url: str, connect_timeout: float, read_timeout: float) -> None:
         parts = urlsplit(url)
@@ -101,36 +206,33 @@ class Upstream:
             self._addresses, self._resolved_at = addresses, time.monotonic()
         return addresses[next(self._turn) % len(addresses)]
 
-    def _fresh_connection(self) -> http.client.HTTPConnection:
-        # The Host header names the upstream (forward_headers), so connecting by address is transparent.
+    def _fresh_connection(self) -> _Connection:
         address = self._next_address()
-        conn = http.client.HTTPConnection(address, self.port, timeout=self.connect_timeout)
         try:
-            conn.connect()
+            sock = socket.create_connection((address, self.port), timeout=self.connect_timeout)
         except OSError:
             # That replica may be gone: skip it until the name is resolved again.
             self._addresses = [known for known in self._addresses if known != address]
             raise
-        conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self._local.opened = time.monotonic()
-        return conn
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return _Connection(sock)
 
-    def _reusable_connection(self) -> http.client.HTTPConnection | None:
-        conn: http.client.HTTPConnection | None = getattr(self._local, "conn", None)
-        if conn is None or conn.sock is None:
+    def _reusable_connection(self) -> _Connection | None:
+        conn: _Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
             return None
         now = time.monotonic()
-        idle = now - getattr(self._local, "used", 0.0)
         # A readable idle socket means the upstream closed it (or sent garbage): don't reuse.
-        if idle > _MAX_IDLE or now - self._local.opened > _MAX_AGE or select.select([conn.sock], [], [], 0)[0]:
-            conn.close()
+        if now - conn.used > _MAX_IDLE or now - conn.opened > _MAX_AGE or select.select([conn.sock], [], [], 0)[0]:
+            self._drop(conn)
             return None
         return conn
 
     def request(
         self, method: str, target: str, headers: dict[str, str], body: bytes, timeout: float | None = None
     ) -> UpstreamResponse:
-        """One request; ``timeout`` (seconds) replaces the read timeout for this call only."""
+        """One request; ``timeout`` (seconds) replaces the read timeout for this call only.
+        ``headers`` must include Host; Content-Length is added when there is a body."""
         read_timeout = self.read_timeout if timeout is None else timeout
         unavailable = f"{self.name} is unreachable"
         for attempt in (1, 2):
@@ -146,35 +248,32 @@ class Upstream:
                         detail = f"no connection within {self.connect_timeout:g}s"
                         raise UpstreamTimeout(f"{self.name} did not answer in time", detail) from None
                     raise UpstreamUnavailable(unavailable, f"{exc.__class__.__name__}: {exc}") from None
-            try:
                 self._local.conn = conn
+            try:
                 conn.sock.settimeout(read_timeout)
-                conn.request(method, target, body=body or None, headers=headers)
-                response = conn.getresponse()
-                data = response.read()
-            except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError) as exc:
+                answer, close = conn.exchange(method, target, headers, body)
+            except (ConnectionResetError, BrokenPipeError) as exc:
                 self._drop(conn)
                 # A kept-alive connection closed under us: the request was not processed, retry once.
                 if reused and attempt == 1 and method in _IDEMPOTENT:
                     continue
-                raise UpstreamUnavailable(unavailable, f"connection closed ({exc.__class__.__name__})") from None
+                raise UpstreamUnavailable(unavailable, f"connection closed ({exc})") from None
             except TimeoutError:
                 self._drop(conn)
                 raise UpstreamTimeout(
                     f"{self.name} did not answer in time", f"no answer within {read_timeout:g}s"
                 ) from None
-            except (OSError, http.client.HTTPException) as exc:
+            except (OSError, BadResponse) as exc:
                 self._drop(conn)
                 raise UpstreamUnavailable(unavailable, f"{exc.__class__.__name__}: {exc}") from None
-            self._local.used = time.monotonic()
-            if response.will_close:
+            conn.used = time.monotonic()
+            if close:
                 self._drop(conn)
-            return UpstreamResponse(response.status, response.reason, response.getheaders(), data)
+            return answer
         raise AssertionError("unreachable")
 
-    def _drop(self, conn: http.client.HTTPConnection | None) -> None:
-        if conn is not None:
-            conn.close()
+    def _drop(self, conn: _Connection) -> None:
+        conn.close()
         self._local.conn = None
 
 

@@ -14,6 +14,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import pg8000.native
 from pg8000.exceptions import DatabaseError, InterfaceError
@@ -150,35 +151,61 @@ class Pool:
         with contextlib.suppress(Exception):  # the connection is already broken
             conn.close()
 
-    def _begin(self) -> pg8000.native.Connection:
-        """A connection with an open transaction. A reused connection that turns out dead
-        (e.g. the server restarted) is replaced once: nothing was sent on it yet."""
+    def _run_first(self, sql: str, **params: Any) -> tuple[pg8000.native.Connection, list[Any]]:
+        """A connection and the result of its first statement. A reused connection that turns out
+        dead (e.g. the server restarted) is replaced once: the statement did not reach the server."""
         conn, reused = self._take()
         try:
-            conn.run("BEGIN")
-            return conn
+            return conn, conn.run(sql, **params)
         except (InterfaceError, DatabaseError, OSError) as exc:  # e.g. ConnectionResetError: server killed
-            self._discard(conn)
             if isinstance(exc, DatabaseError) and not sqlstate(exc).startswith(_UNAVAILABLE_CLASSES):
+                self._give_back(conn)  # reported by the server: the connection is in step
                 raise
-            if not reused:
+            self._discard(conn)
+            # 57014: the statement itself ran out of time; running it again would only double the wait.
+            if not reused or (isinstance(exc, DatabaseError) and sqlstate(exc) == "57014"):
                 raise DatabaseUnavailable(str(exc)) from None
+        except BaseException:
+            self._discard(conn)  # e.g. a parameter pg8000 could not encode: the protocol state is unknown
+            raise
         conn = self._connect()
         try:
-            conn.run("BEGIN")
-            return conn
-        except (InterfaceError, DatabaseError, OSError) as exc:
+            return conn, conn.run(sql, **params)
+        except DatabaseError as exc:
+            if sqlstate(exc).startswith(_UNAVAILABLE_CLASSES):
+                self._discard(conn)
+                raise DatabaseUnavailable(str(exc)) from None
+            self._give_back(conn)
+            raise
+        except (InterfaceError, OSError) as exc:
             self._discard(conn)
             raise DatabaseUnavailable(str(exc)) from None
+        except BaseException:
+            self._discard(conn)
+            raise
+
+    def _acquire_slot(self) -> None:
+        if not self._slots.acquire(timeout=self._settings.connect_timeout + 5):
+            raise DatabaseUnavailable("all database connections are busy")
+
+    def query(self, sql: str, **params: Any) -> list[Any]:
+        """Rows of one read-only statement, run outside any explicit transaction (the server
+        wraps it in its own): one round trip instead of three for BEGIN, the query and COMMIT."""
+        self._acquire_slot()
+        try:
+            conn, rows = self._run_first(sql, **params)
+            self._give_back(conn)
+            return rows
+        finally:
+            self._slots.release()
 
     @contextmanager
     def transaction(self) -> Iterator[pg8000.native.Connection]:
         """``with pool.transaction() as conn: conn.run(...)`` - committed on success,
         rolled back on error; connection-level failures surface as DatabaseUnavailable."""
-        if not self._slots.acquire(timeout=self._settings.connect_timeout + 5):
-            raise DatabaseUnavailable("all database connections are busy")
+        self._acquire_slot()
         try:
-            conn = self._begin()
+            conn, _ = self._run_first("BEGIN")
             try:
                 yield conn
                 conn.run("COMMIT")
@@ -213,8 +240,7 @@ class Pool:
 
     def ping(self) -> None:
         """Raise DatabaseUnavailable unless a trivial query succeeds."""
-        with self.transaction() as conn:
-            conn.run("SELECT 1")
+        self.query("SELECT 1")
 
     def close(self) -> None:
         with self._lock:

@@ -231,6 +231,9 @@ def serve(app: Callable[..., Any], port: int, threads: int, grace_seconds: float
         ident=None,  # no Server header
         **options,
     )
+    # waitress warns "Task queue depth is N" for every request that waits for a free thread: under
+    # load, one line per request, which made the overload worse. One line per 10 s keeps the signal.
+    server.task_dispatcher.queue_logger = logs.AtMostEvery(logging.getLogger("waitress.queue"), 10.0)
     stopping = threading.Event()
 
     def request_stop(signum: int, _frame: Any) -> None:

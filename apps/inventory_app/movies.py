@@ -90,11 +90,10 @@ class MovieStore:
         self.pool = pool
 
     def list(self, title: str | None, limit: int | None, offset: int) -> list[dict[str, Any]]:
-        with self.pool.transaction() as conn:
-            if title:
-                rows = conn.run(_LIST_BY_TITLE, pattern=escape_like(title), limit=limit, offset=offset)
-            else:
-                rows = conn.run(_LIST, limit=limit, offset=offset)
+        if title:
+            rows = self.pool.query(_LIST_BY_TITLE, pattern=escape_like(title), limit=limit, offset=offset)
+        else:
+            rows = self.pool.query(_LIST, limit=limit, offset=offset)
         return [_as_movie(row) for row in rows]
 
     def create(self, movie: dict[str, str]) -> dict[str, Any]:
@@ -103,8 +102,7 @@ class MovieStore:
         return _as_movie(rows[0])
 
     def get(self, movie_id: int) -> dict[str, Any] | None:
-        with self.pool.transaction() as conn:
-            rows = conn.run(_GET, id=movie_id)
+        rows = self.pool.query(_GET, id=movie_id)
         return _as_movie(rows[0]) if rows else None
 
     def update(self, movie_id: int, changes: dict[str, str]) -> dict[str, Any] | None:

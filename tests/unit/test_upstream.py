@@ -111,5 +111,131 @@ def test_kept_alive_connections_are_retired_so_new_replicas_get_traffic(replicas
     assert get() == "127.0.0.1"  # the kept-alive connection is still young
     # Time passes: past the re-resolution interval and the connection's maximum age.
     upstream._resolved_at -= proxy._MAX_AGE + 1
-    upstream._local.opened -= proxy._MAX_AGE + 1
+    upstream._local.conn.opened -= proxy._MAX_AGE + 1
     assert [get() for _ in range(3)] == ["127.0.0.2"] * 3
+
+
+# --- the HTTP/1.1 exchange, against scripted raw answers ---------------------------------------------------
+
+
+@pytest.fixture
+def scripted() -> Iterator[tuple[int, list[bytes], list[bytes]]]:
+    """A raw TCP server on 127.0.0.1: reads one request head (and a body, if Content-Length), answers
+    the next scripted bytes, and closes the connection after answers ending in ``b"<close>"``.
+    Yields (port, answers to send, requests received)."""
+    answers: list[bytes] = []
+    received: list[bytes] = []
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+
+    def serve(conn: socket.socket) -> None:
+        with conn:
+            data = b""
+            while answers:
+                while b"\r\n\r\n" not in data:
+                    chunk = conn.recv(65536)
+                    if not chunk:
+                        return
+                    data += chunk
+                head, _, data = data.partition(b"\r\n\r\n")
+                length = next(
+                    (
+                        int(line.split(b":")[1])
+                        for line in head.split(b"\r\n")
+                        if line.lower().startswith(b"content-length:")
+                    ),
+                    0,
+                )
+                while len(data) < length:
+                    data += conn.recv(65536)
+                received.append(head + b"\r\n\r\n" + data[:length])
+                data = data[length:]
+                answer = answers.pop(0)
+                conn.sendall(answer.removesuffix(b"<close>"))
+                if answer.endswith(b"<close>"):
+                    return
+
+    def accept() -> None:
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=serve, args=(conn,), daemon=True).start()
+
+    threading.Thread(target=accept, daemon=True).start()
+    yield port, answers, received
+    listener.close()
+
+
+def scripted_upstream(port: int) -> Upstream:
+    return Upstream("inventory-app", f"http://127.0.0.1:{port}", 1, 1)
+
+
+def test_content_length_chunked_and_close_delimited_bodies(scripted: tuple[int, list[bytes], list[bytes]]) -> None:
+    port, answers, received = scripted
+    answers += [
+        b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-A: 1\r\n\r\nhello",
+        b"HTTP/1.1 201 Created\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"4;ext=1\r\nwiki\r\n5\r\npedia\r\n0\r\nX-T: 1\r\n\r\n",
+        b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\nuntil the end<close>",
+    ]
+    upstream = scripted_upstream(port)
+    first = upstream.request("GET", "/a?b=1", {"Host": "inventory-app:8080"}, b"")
+    assert (first.status, first.reason, first.body, first.headers) == (
+        200,
+        "OK",
+        b"hello",
+        [("Content-Length", "5"), ("X-A", "1")],
+    )
+    second = upstream.request("POST", "/a", {"Host": "inventory-app:8080"}, b'{"x":1}')
+    assert (second.status, second.body) == (201, b"wikipedia")
+    third = upstream.request("GET", "/c", {"Host": "inventory-app:8080"}, b"")
+    assert (third.status, third.body) == (200, b"until the end")
+    assert received[0] == b"GET /a?b=1 HTTP/1.1\r\nHost: inventory-app:8080\r\n\r\n"
+    assert received[1] == b'POST /a HTTP/1.1\r\nHost: inventory-app:8080\r\nContent-Length: 7\r\n\r\n{"x":1}'
+
+
+def test_a_head_answer_has_no_body_even_with_a_content_length(scripted: tuple[int, list[bytes], list[bytes]]) -> None:
+    port, answers, _ = scripted
+    answers += [b"HTTP/1.1 200 OK\r\nContent-Length: 42\r\n\r\n", b"HTTP/1.1 204 No Content\r\n\r\n"]
+    upstream = scripted_upstream(port)
+    assert upstream.request("HEAD", "/", {"Host": "h"}, b"").body == b""
+    assert upstream.request("DELETE", "/", {"Host": "h"}, b"").status == 204  # same connection: in step
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        b"SMTP ready\r\n\r\n",
+        b"HTTP/1.1 20 OK\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nno colon here\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nshort<close>",
+    ],
+)
+def test_a_malformed_or_cut_answer_is_an_unavailable_upstream(
+    scripted: tuple[int, list[bytes], list[bytes]], answer: bytes
+) -> None:
+    port, answers, _ = scripted
+    answers.append(answer)
+    with pytest.raises(proxy.UpstreamUnavailable):
+        scripted_upstream(port).request("POST", "/", {"Host": "h"}, b"{}")
+
+
+def test_a_kept_alive_connection_closed_by_the_upstream_is_retried_for_idempotent_requests(
+    scripted: tuple[int, list[bytes], list[bytes]],
+) -> None:
+    port, answers, received = scripted
+    # The first connection answers once, then closes when the second request arrives (as waitress
+    # does when its channel times out just then); the retry opens a new connection.
+    answers += [
+        b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\n1",
+        b"<close>",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\n2",
+    ]
+    upstream = scripted_upstream(port)
+    assert upstream.request("GET", "/", {"Host": "h"}, b"").body == b"1"
+    assert upstream.request("GET", "/", {"Host": "h"}, b"").body == b"2"
+    assert len(received) == 3
