@@ -7,7 +7,7 @@ import signal
 import sys
 
 from billing_app import api
-from billing_app.consumer import STATUS_FILE, Consumer, ConsumerSettings
+from billing_app.consumer import DEFAULT_BATCH_SIZE, STATUS_FILE, Consumer, ConsumerSettings
 from common import app_main
 from common.amqp import BrokerSettings
 from common.config import ConfigError, Env
@@ -18,8 +18,9 @@ def consumer() -> None:
     env = Env()
     db = DbSettings.from_env(env)
     broker = BrokerSettings.from_env(env, "BILLING")
-    batch_size = env.int("BATCH_SIZE", 100, 1, 10_000)
+    batch_size = env.int("BATCH_SIZE", DEFAULT_BATCH_SIZE, 1, 10_000)
     settings = ConsumerSettings(
+        # One batch being written while the next one is received.
         prefetch=env.int("PREFETCH", 2 * batch_size, 1, 65_535),
         batch_size=batch_size,
         batch_wait=env.int("BATCH_WAIT_MS", 50, 0, 10_000) / 1000,
