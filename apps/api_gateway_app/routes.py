@@ -80,7 +80,7 @@ def build_app(inventory: Upstream, billing: Upstream, publisher: Publisher, max_
             raise ApiError(
                 503, "billing is unavailable, the order was not queued; try again shortly", reason=str(exc)
             ) from None
-        log.info("order %s queued for user %s", message_id, order["user_id"])
+        log.debug("order %s queued for user %s", message_id, order["user_id"])
         return {"status": "queued", "message_id": message_id}
 
     @app.get("/health")
