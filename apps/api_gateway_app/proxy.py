@@ -124,7 +124,11 @@ class _Connection:
         head += [f"{name}: {value}" for name, value in headers.items()]
         if body or method in ("POST", "PUT", "PATCH"):
             head.append(f"Content-Length: {len(body)}")
-        self.sock.sendall("\r\n".join(head).encode("latin-1") + b"\r\n\r\n" + body)
+        text = "\r\n".join(head)
+        # waitress refuses CR and LF inside a request line or header; check anyway: no header injection.
+        if text.count("\n") != len(head) - 1 or text.count("\r") != len(head) - 1:
+            raise BadResponse("CR or LF inside the request head")
+        self.sock.sendall(text.encode("latin-1") + b"\r\n\r\n" + body)
 
         while (end := self.buffer.find(b"\r\n\r\n")) < 0:
             if len(self.buffer) > _MAX_HEAD:

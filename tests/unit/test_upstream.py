@@ -239,3 +239,11 @@ def test_a_kept_alive_connection_closed_by_the_upstream_is_retried_for_idempoten
     assert upstream.request("GET", "/", {"Host": "h"}, b"").body == b"1"
     assert upstream.request("GET", "/", {"Host": "h"}, b"").body == b"2"
     assert len(received) == 3
+
+
+def test_cr_or_lf_in_a_header_never_reaches_the_upstream(scripted: tuple[int, list[bytes], list[bytes]]) -> None:
+    port, answers, received = scripted
+    answers.append(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+    with pytest.raises(proxy.UpstreamUnavailable):
+        scripted_upstream(port).request("GET", "/", {"Host": "h", "X-A": "1\r\nX-Injected: 1"}, b"")
+    assert received == []
