@@ -13,6 +13,7 @@ reached the same way as the gateway reaches them; only loopback/bridge addresses
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import json
 import os
@@ -60,14 +61,38 @@ def parse_wrk(output: str) -> dict[str, Any]:
     }
 
 
-class Load:
-    """wrk runs from inside a container's network namespace."""
+def cpu_ns(container_id: str) -> int | None:
+    """CPU time used so far by a container (cgroup v1 or v2, cgroupfs or systemd driver), or None."""
+    candidates = (
+        (f"/sys/fs/cgroup/cpuacct/docker/{container_id}/cpuacct.usage", 1),
+        (f"/sys/fs/cgroup/cpu,cpuacct/docker/{container_id}/cpuacct.usage", 1),
+        (f"/sys/fs/cgroup/system.slice/docker-{container_id}.scope/cpu.stat", 1000),
+        (f"/sys/fs/cgroup/docker/{container_id}/cpu.stat", 1000),
+    )
+    for path, unit_ns in candidates:
+        with contextlib.suppress(OSError):
+            text = Path(path).read_text()
+            if path.endswith("cpu.stat"):
+                text = re.search(r"^usage_usec (\d+)", text, re.MULTILINE).group(1)
+            return int(text) * unit_ns
+    return None
 
-    def __init__(self, stack: Stack, duration: int, scripts: Path) -> None:
+
+class Load:
+    """wrk runs from inside a container's network namespace; the CPU each container used during a
+    run is divided by the requests served (microseconds of CPU per request)."""
+
+    def __init__(self, stack: Stack, duration: int, scripts: Path, extra_containers: tuple[str, ...] = ()) -> None:
         self.stack = stack
         self.duration = duration
         self.scripts = scripts
         self.pid = stack.inspect("api-gateway-app", "{{.State.Pid}}")
+        names = [stack.container(s) for s in SERVICES] + list(extra_containers)
+        ids = run("docker", "inspect", "-f", "{{.Id}}", *names).stdout.split()
+        self.containers = {name.removeprefix(stack.container("")): cid for name, cid in zip(names, ids, strict=True)}
+
+    def _cpu(self) -> dict[str, int | None]:
+        return {name: cpu_ns(cid) for name, cid in self.containers.items()}
 
     def wrk(self, url: str, connections: int, script: str | None = None) -> dict[str, Any]:
         args = [
@@ -88,8 +113,16 @@ class Load:
         ]
         if script:
             args += ["-s", str(self.scripts / script)]
+        before = self._cpu()
         result = run(*args, url, timeout=self.duration + 60)
+        after = self._cpu()
         figures = parse_wrk(result.stdout)
+        served = figures["requests"]
+        figures["cpu_us_per_request"] = {
+            name: round((after[name] - before[name]) / 1000 / served)
+            for name in after
+            if after[name] is not None and before[name] is not None and served
+        }
         log(
             f"  wrk -c{connections} {url} {script or ''}: {figures['rps']:.0f} req/s, "
             f"p50 {figures['p50_ms']} ms, p99 {figures['p99_ms']} ms, errors {figures['errors']}"
@@ -399,7 +432,6 @@ def main() -> None:
             'wrk.body = \'{"user_id": 7, "number_of_items": 2, "total_amount": "19.90"}\'\n'
         )
 
-        load = Load(stack, options.duration, scripts)
         inventory = f"http://{ip_of(stack, stack.container('inventory-app'))}:8080"
         hello_name = f"{PROJECT}-hello"
         run("docker", "rm", "-f", hello_name, check=False)
@@ -418,6 +450,7 @@ def main() -> None:
             HELLO,
         )
         hello = f"http://{ip_of(stack, hello_name)}:8080/"
+        load = Load(stack, options.duration, scripts, (hello_name,))
         time.sleep(2)
         http: dict[str, Any] = {}
         try:
@@ -513,7 +546,32 @@ def table(r: dict[str, Any]) -> str:
         rows.append(f"| idle {name} | {c['cpu_pct_of_machine']:.2f} % CPU, {c['mem_mib']:.0f} MiB | | |")
     for name, size in r["image_size_mb"].items():
         rows.append(f"| image {name} | {size:.0f} MB | | |")
-    return "\n".join(rows)
+    return "\n".join(rows) + "\n\n" + cpu_table(r["http"])
+
+
+def cpu_table(http: dict[str, Any]) -> str:
+    """CPU microseconds per request of each busy container, per HTTP run (where cgroups could be read)."""
+    runs = [
+        ("hello_waitress", "bare waitress hello"),
+        ("movie_direct", "GET /api/movies/{id} direct"),
+        ("movie_gateway", "GET /api/movies/{id} via gateway"),
+        ("search_gateway", "GET ?title= via gateway"),
+        ("billing_gateway", "POST /api/billing"),
+    ]
+    columns = ["api-gateway-app", "inventory-app", "inventory-db", "rabbit-queue", "billing-app", "billing-db"]
+    lines = []
+    for c, h in http.items():
+        if not any(h[name].get("cpu_us_per_request") for name, _ in runs):
+            continue
+        lines.append(f"CPU per request in µs ({c}; the hello app is its own container):\n")
+        lines.append("| run | " + " | ".join(columns) + " | hello |")
+        lines.append("|---" * (len(columns) + 2) + "|")
+        for name, label in runs:
+            cpu = h[name].get("cpu_us_per_request", {})
+            hello = next((v for k, v in cpu.items() if k.endswith("hello")), "")
+            lines.append(f"| {label} | " + " | ".join(str(cpu.get(col, "")) for col in columns) + f" | {hello} |")
+        lines.append("")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
