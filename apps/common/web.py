@@ -246,6 +246,10 @@ def serve(app: Callable[..., Any], port: int, threads: int, grace_seconds: float
     log.info("listening on port %d with %d threads", port, threads)
     while not stopping.is_set():
         waitress.wasyncore.loop(timeout=1.0, map=server._map, count=1)
+        # Hand the GIL to the worker threads before scanning the connections again. Without this the
+        # I/O thread kept winning it back (each wake-up checks every connection): measured on 2 cores,
+        # +45 % GET and +60 % confirmed POST throughput at c16, and twice that at c64.
+        time.sleep(0)
 
     # Stop accepting; close idle keep-alive connections; flush the busy ones.
     server.accepting = False
