@@ -129,6 +129,7 @@ class Consumer:
             self._set_connected(True)
             while not self.stopping.is_set():
                 connection.process_data_events(time_limit=self._time_to_flush())
+                time.sleep(0)  # let the writer thread have the GIL
                 self._settle_written(connection, channel)
                 if (
                     self._writing is None
