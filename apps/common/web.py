@@ -248,7 +248,7 @@ def serve(app: Callable[..., Any], port: int, threads: int, grace_seconds: float
         waitress.wasyncore.loop(timeout=1.0, map=server._map, count=1)
         # Hand the GIL to the worker threads before scanning the connections again. Without this the
         # I/O thread kept winning it back (each wake-up checks every connection): measured on 2 cores,
-        # +45 % GET and +60 % confirmed POST throughput at c16, and twice that at c64.
+        # confirmed POSTs +25-30 % at c16, and most figures about doubled at c64 (bench/README.md).
         time.sleep(0)
 
     # Stop accepting; close idle keep-alive connections; flush the busy ones.
