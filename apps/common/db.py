@@ -11,10 +11,10 @@ import logging
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 import pg8000.native
 from pg8000.exceptions import DatabaseError, InterfaceError
@@ -69,6 +69,13 @@ def resolve(host: str, port: int, timeout: float) -> list[tuple[str, int]]:
 def sqlstate(exc: DatabaseError) -> str:
     details = exc.args[0] if exc.args and isinstance(exc.args[0], dict) else {}
     return str(details.get("C", ""))
+
+
+def _connection_lost(exc: BaseException) -> bool:
+    """The connection cannot be used any more: a network error, or the server says so."""
+    if isinstance(exc, DatabaseError):
+        return sqlstate(exc).startswith(_UNAVAILABLE_CLASSES)
+    return isinstance(exc, (InterfaceError, OSError))
 
 
 @dataclass(frozen=True)
@@ -154,38 +161,39 @@ class Pool:
         with contextlib.suppress(Exception):  # the connection is already broken
             conn.close()
 
+    def _fail(
+        self, conn: pg8000.native.Connection, exc: BaseException, keep: Callable[[pg8000.native.Connection], None]
+    ) -> NoReturn:
+        """Re-raise ``exc``, raised while ``conn`` was in use, once the connection's fate is settled.
+        An error the server reported leaves the protocol in step: ``keep`` it (give it back, or roll
+        back first). A lost connection is closed and becomes DatabaseUnavailable. Anything else (e.g.
+        a parameter pg8000 could not encode after the query was sent) leaves the protocol state
+        unknown: the connection is closed (the server rolls back) rather than handed to the next caller."""
+        if isinstance(exc, DatabaseError) and not _connection_lost(exc):
+            keep(conn)
+            raise exc
+        self._discard(conn)
+        if _connection_lost(exc):
+            raise DatabaseUnavailable(str(exc)) from None
+        raise exc
+
     def _run_first(self, sql: str, **params: Any) -> tuple[pg8000.native.Connection, list[Any]]:
         """A connection and the result of its first statement. A reused connection that turns out
         dead (e.g. the server restarted) is replaced once: the statement did not reach the server."""
         conn, reused = self._take()
         try:
             return conn, conn.run(sql, **params)
-        except (InterfaceError, DatabaseError, OSError) as exc:  # e.g. ConnectionResetError: server killed
-            if isinstance(exc, DatabaseError) and not sqlstate(exc).startswith(_UNAVAILABLE_CLASSES):
-                self._give_back(conn)  # reported by the server: the connection is in step
-                raise
-            self._discard(conn)
+        except BaseException as exc:  # noqa: BLE001 - re-raised by _fail unless retried
             # 57014: the statement itself ran out of time; running it again would only double the wait.
-            if not reused or (isinstance(exc, DatabaseError) and sqlstate(exc) == "57014"):
-                raise DatabaseUnavailable(str(exc)) from None
-        except BaseException:
-            self._discard(conn)  # e.g. a parameter pg8000 could not encode: the protocol state is unknown
-            raise
+            timed_out = isinstance(exc, DatabaseError) and sqlstate(exc) == "57014"
+            if not (reused and _connection_lost(exc)) or timed_out:
+                self._fail(conn, exc, self._give_back)
+            self._discard(conn)
         conn = self._connect()
         try:
             return conn, conn.run(sql, **params)
-        except DatabaseError as exc:
-            if sqlstate(exc).startswith(_UNAVAILABLE_CLASSES):
-                self._discard(conn)
-                raise DatabaseUnavailable(str(exc)) from None
-            self._give_back(conn)
-            raise
-        except (InterfaceError, OSError) as exc:
-            self._discard(conn)
-            raise DatabaseUnavailable(str(exc)) from None
-        except BaseException:
-            self._discard(conn)
-            raise
+        except BaseException as exc:  # noqa: BLE001 - _fail re-raises
+            self._fail(conn, exc, self._give_back)
 
     def _acquire_slot(self) -> None:
         if not self._slots.acquire(timeout=self._settings.connect_timeout + 5):
@@ -212,22 +220,8 @@ class Pool:
             try:
                 yield conn
                 conn.run("COMMIT")
-            except DatabaseError as exc:
-                if sqlstate(exc).startswith(_UNAVAILABLE_CLASSES):
-                    self._discard(conn)
-                    raise DatabaseUnavailable(str(exc)) from None
-                # Reported by the server, so the protocol is in step: roll back and keep the connection.
-                self._rollback(conn)
-                raise
-            except (InterfaceError, OSError) as exc:
-                self._discard(conn)
-                raise DatabaseUnavailable(str(exc)) from None
-            except BaseException:
-                # Anything else may have stopped pg8000 half-way through a message exchange (e.g. a
-                # parameter it could not encode after the query was sent), so the connection's state
-                # is unknown: close it (the server rolls back) rather than hand it to the next caller.
-                self._discard(conn)
-                raise
+            except BaseException as exc:  # noqa: BLE001 - _fail re-raises
+                self._fail(conn, exc, self._rollback)
             else:
                 self._give_back(conn)
         finally:
