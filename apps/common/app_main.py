@@ -9,7 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from common import logs, web
+from common import logs, server
 from common.config import ConfigError, Env
 
 DEFAULT_MAX_BODY_BYTES = 64 * 1024
@@ -40,7 +40,7 @@ def serve_http(app: Any, http: HttpSettings, behind_gateway: bool = False) -> No
             "trusted_proxy_count": 1,
             "trusted_proxy_headers": {"x-forwarded-for", "x-forwarded-proto", "x-forwarded-host"},
         }
-    web.serve(
+    server.serve(
         app,
         port=http.port,
         threads=http.threads,

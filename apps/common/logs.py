@@ -112,7 +112,7 @@ def setup(level: str = "INFO", log_dir: str | None = None, max_bytes: int = 0, b
         root.addHandler(_handler(rotating("app.log"), FORMAT))
         access.addHandler(_handler(rotating("access.log"), ACCESS_FORMAT))
 
-    # waitress logs "Serving on ..." and queue warnings (see web.serve) under its own name; keep them.
+    # waitress logs "Serving on ..." and queue warnings (see server.serve) under its own name; keep them.
     # pika logs every failed (re)connection attempt at ERROR, several lines each; the apps log one
     # line per attempt themselves, with the reason.
     logging.getLogger("pika").setLevel(logging.CRITICAL)
