@@ -18,6 +18,8 @@ def main() -> None:
     read_timeout = env.float("UPSTREAM_READ_TIMEOUT", 10.0, 0.1)
     inventory_url = env.str("INVENTORY_APP_URL", "http://inventory-app:8080")
     billing_url = env.str("BILLING_APP_URL", "http://billing-app:8080")
+    # Each upstream may hold all the worker threads but two, left for orders, /health and the other upstream.
+    max_in_flight = env.int("UPSTREAM_MAX_IN_FLIGHT", max(1, http.threads - 2), 1, 256)
     confirm_timeout = env.float("PUBLISH_CONFIRM_TIMEOUT", 5.0, 0.1)
     log_dir = env.str("LOG_DIR", "/var/log/api-gateway")
     log_max_bytes = env.int("LOG_MAX_BYTES", 10 * 1024 * 1024, 1024)
@@ -25,8 +27,8 @@ def main() -> None:
     log_level = env.str("LOG_LEVEL", "INFO")
     env.check()
     try:
-        inventory = Upstream("inventory-app", inventory_url, connect_timeout, read_timeout)
-        billing = Upstream("billing-app", billing_url, connect_timeout, read_timeout)
+        inventory = Upstream("inventory-app", inventory_url, connect_timeout, read_timeout, max_in_flight)
+        billing = Upstream("billing-app", billing_url, connect_timeout, read_timeout, max_in_flight)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     logs.setup(log_level, log_dir, log_max_bytes, log_backups)

@@ -6,6 +6,9 @@ and no locking.
 An upstream name may resolve to several replicas (Swarm's DNS round robin): new connections take
 the resolved addresses in turn, names are resolved again every few seconds, and connections are
 retired after a while, so replicas added by a scale-out get their share of the traffic.
+
+Each upstream may hold only some of the worker threads (:class:`Bulkhead`), so a hung upstream
+cannot stall the other routes; its name is resolved with a deadline too.
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ import threading
 import time
 from dataclasses import dataclass
 from urllib.parse import urlsplit
+
+from common.net import ResolveError, resolve
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +47,9 @@ _MAX_IDLE = 20.0  # seconds; upstream waitress closes idle connections after 60 
 _MAX_AGE = 30.0  # seconds; then a new connection, possibly to another replica
 _RESOLVE_EVERY = 5.0  # seconds
 _MAX_HEAD = 64 * 1024  # bytes of status line and headers
+# A full bulkhead whose upstream finished no request for this long is stalled: refuse at once.
+# (Under load, a request to a healthy upstream finishes every few milliseconds.)
+STALLED_AFTER = 0.5  # seconds
 
 
 class UpstreamError(Exception):
@@ -59,6 +67,39 @@ class UpstreamUnavailable(UpstreamError):
 
 class UpstreamTimeout(UpstreamError):
     """No answer within the timeout: answered 504."""
+
+
+class UpstreamBusy(UpstreamError):
+    """Every request slot of the upstream is taken by requests it does not answer: answered 503."""
+
+
+class Bulkhead:
+    """At most ``size`` requests in flight to one upstream. One more waits for a slot while the
+    upstream keeps finishing requests, and is refused as soon as it has finished none for
+    STALLED_AFTER seconds with every slot taken (e.g. a paused container)."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._in_flight = 0
+        self._progress = time.monotonic()  # when a slot was last taken or given back
+        self._changed = threading.Condition()
+
+    def acquire(self) -> bool:
+        with self._changed:
+            while self._in_flight >= self.size:
+                remaining = self._progress + STALLED_AFTER - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._changed.wait(remaining)
+            self._in_flight += 1
+            self._progress = time.monotonic()
+            return True
+
+    def release(self) -> None:
+        with self._changed:
+            self._in_flight -= 1
+            self._progress = time.monotonic()
+            self._changed.notify()
 
 
 @dataclass(frozen=True)
@@ -187,7 +228,7 @@ class _Connection:
 
 
 class Upstream:
-    def __init__(self, name: str, url: str, connect_timeout: float, read_timeout: float) -> None:
+    def __init__(self, name: str, url: str, connect_timeout: float, read_timeout: float, max_in_flight: int) -> None:
         parts = urlsplit(url)
         if parts.scheme != "http" or not parts.hostname:
             raise ValueError(f"{name}: expected an http://host:port URL, got {url!r}")
@@ -196,6 +237,7 @@ class Upstream:
         self.port = parts.port or 80
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
+        self.bulkhead = Bulkhead(max_in_flight)
         self._local = threading.local()
         self._addresses: list[str] = []
         self._resolved_at = -_RESOLVE_EVERY
@@ -205,8 +247,7 @@ class Upstream:
         # No lock: racing threads at worst resolve twice; next() on a count is atomic.
         addresses = self._addresses
         if time.monotonic() - self._resolved_at > _RESOLVE_EVERY or not addresses:
-            found = socket.getaddrinfo(self.host, self.port, type=socket.SOCK_STREAM)
-            addresses = sorted({info[4][0] for info in found})
+            addresses = resolve(self.host, self.port, self.connect_timeout)
             self._addresses, self._resolved_at = addresses, time.monotonic()
         return addresses[next(self._turn) % len(addresses)]
 
@@ -237,7 +278,19 @@ class Upstream:
     ) -> UpstreamResponse:
         """One request; ``timeout`` (seconds) replaces the read timeout for this call only.
         ``headers`` must include Host; Content-Length is added when there is a body."""
-        read_timeout = self.read_timeout if timeout is None else timeout
+        if not self.bulkhead.acquire():
+            raise UpstreamBusy(
+                f"{self.name} is not answering; try again shortly",
+                f"all {self.bulkhead.size} request slots busy, none finished for {STALLED_AFTER:g}s",
+            )
+        try:
+            return self._request(method, target, headers, body, self.read_timeout if timeout is None else timeout)
+        finally:
+            self.bulkhead.release()
+
+    def _request(
+        self, method: str, target: str, headers: dict[str, str], body: bytes, read_timeout: float
+    ) -> UpstreamResponse:
         unavailable = f"{self.name} is unreachable"
         for attempt in (1, 2):
             conn = self._reusable_connection()
@@ -245,6 +298,8 @@ class Upstream:
             if conn is None:
                 try:
                     conn = self._fresh_connection()
+                except ResolveError as exc:
+                    raise UpstreamUnavailable(unavailable, str(exc)) from None
                 except OSError as exc:
                     if attempt == 1:  # nothing was sent: try once more, elsewhere if there is elsewhere
                         continue

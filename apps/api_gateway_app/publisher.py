@@ -2,8 +2,15 @@
 
 One long-lived connection, owned by one I/O thread (pika's SelectConnection, which handles
 heartbeats). Web threads hand a message over with ``add_callback_threadsafe`` and wait for the
-broker's confirm, so many confirms are in flight at once. A request gets 200 only after the broker
-confirmed the message (persisted, routed); otherwise :class:`PublishFailed` (503) within a bounded time.
+broker's confirm, so many confirms are in flight at once. Every publish ends, within a bounded time, in
+one of three outcomes, and each means exactly what it says:
+
+- confirmed: the broker persisted and routed the message (the order will be stored);
+- :class:`PublishFailed`: the message never reached the broker, or the broker refused it or could not
+  route it: it will never be stored. Nothing is published while the broker blocks the connection
+  (a memory or disk alarm), so that case is a :class:`PublishFailed` at once;
+- :class:`PublishUnconfirmed`: the message was handed to the broker but no confirm came (timeout,
+  connection lost): it may or may not be stored.
 """
 
 from __future__ import annotations
@@ -27,7 +34,15 @@ log = logging.getLogger(__name__)
 
 
 class PublishFailed(Exception):
-    """The broker did not confirm the message: it must be considered not queued."""
+    """The message was not queued and never will be."""
+
+
+class BrokerBlocked(PublishFailed):
+    """The broker blocks publishing (resource alarm): nothing was sent."""
+
+
+class PublishUnconfirmed(Exception):
+    """The message was sent but not confirmed: whether it is queued is unknown."""
 
 
 class Publisher:
@@ -38,6 +53,8 @@ class Publisher:
         self._channel: pika.channel.Channel | None = None
         self._ready = threading.Event()
         self._stopping = threading.Event()
+        # Set by the I/O thread between Connection.Blocked and Connection.Unblocked; read by web threads.
+        self._blocked = False
         # Touched only by the I/O thread:
         self._pending: dict[int, tuple[str, Future[None]]] = {}
         self._returned: set[str] = set()
@@ -50,14 +67,20 @@ class Publisher:
         self._thread.start()
 
     @property
-    def ready(self) -> bool:
-        return self._ready.is_set()
+    def state(self) -> str:
+        """``ok``, ``blocked`` (resource alarm) or ``down``."""
+        if not self._ready.is_set():
+            return "down"
+        return "blocked" if self._blocked else "ok"
 
     def publish(self, body: bytes, message_id: str, headers: dict[str, str]) -> None:
-        """Publish one persistent message; return once the broker confirmed it."""
+        """Publish one persistent message; return once the broker confirmed it.
+        Raises PublishFailed (not queued) or PublishUnconfirmed (outcome unknown)."""
         connection = self._connection
         if connection is None or not self._ready.is_set():
             raise PublishFailed("broker unavailable")
+        if self._blocked:
+            raise BrokerBlocked("the broker blocks publishing (resource alarm)")
         future: Future[None] = Future()
         try:
             connection.ioloop.add_callback_threadsafe(
@@ -68,7 +91,10 @@ class Publisher:
         try:
             future.result(timeout=self._confirm_timeout)
         except FutureTimeout:
-            raise PublishFailed("the broker did not confirm the message in time") from None
+            # Cancelling succeeds only if the I/O thread has not started publishing it: then it never will.
+            if future.cancel():
+                raise PublishFailed("the broker connection did not take the message in time") from None
+            raise PublishUnconfirmed("the broker did not confirm the message in time") from None
 
     def stop(self) -> None:
         self._stopping.set()
@@ -93,8 +119,9 @@ class Publisher:
             started = time.monotonic()
             connection.ioloop.start()  # returns when the connection is gone
             self._ready.clear()
+            self._blocked = False
             self._channel = None
-            self._fail_pending("connection to the broker lost")
+            self._unconfirm_pending("connection to the broker lost")
             # Release its poller and wake-up sockets now rather than at garbage collection (one set per attempt
             # while the broker is down). A publish() racing with this finds the loop closed and times out (503).
             connection.ioloop.close()
@@ -111,7 +138,17 @@ class Publisher:
             self._connection.close()
 
     def _on_connection_open(self, connection: pika.SelectConnection) -> None:
+        connection.add_on_connection_blocked_callback(self._on_blocked)
+        connection.add_on_connection_unblocked_callback(self._on_unblocked)
         connection.channel(on_open_callback=self._on_channel_open)
+
+    def _on_blocked(self, _connection: pika.SelectConnection, frame: pika.frame.Method) -> None:
+        self._blocked = True
+        log.warning("the broker blocks publishing (%s): orders are refused until it unblocks", frame.method.reason)
+
+    def _on_unblocked(self, _connection: pika.SelectConnection, _frame: pika.frame.Method) -> None:
+        self._blocked = False
+        log.info("the broker accepts publishing again")
 
     def _on_connection_open_error(self, connection: pika.SelectConnection, error: BaseException) -> None:
         log.warning("cannot connect to the broker: %r", error)
@@ -141,13 +178,18 @@ class Publisher:
     def _on_channel_closed(self, _channel: pika.channel.Channel, reason: BaseException) -> None:
         self._ready.clear()
         log.error("broker channel closed: %r", reason)
-        self._fail_pending("broker channel closed")
+        self._unconfirm_pending("broker channel closed")
         self._close_connection()
 
     def _publish_on_loop(self, body: bytes, message_id: str, headers: dict[str, str], future: Future[None]) -> None:
+        if not future.set_running_or_notify_cancel():
+            return  # the web thread gave up waiting and answered "not queued"
         channel = self._channel
         if channel is None or not channel.is_open or not self._ready.is_set():
             future.set_exception(PublishFailed("broker unavailable"))
+            return
+        if self._blocked:
+            future.set_exception(BrokerBlocked("the broker blocks publishing (resource alarm)"))
             return
         properties = pika.BasicProperties(
             content_type="application/json",
@@ -186,9 +228,10 @@ class Publisher:
             else:
                 future.set_result(None)
 
-    def _fail_pending(self, reason: str) -> None:
+    def _unconfirm_pending(self, reason: str) -> None:
+        """The connection or channel is gone: what was sent and not confirmed has an unknown fate."""
         pending, self._pending = self._pending, {}
         self._returned.clear()
         for _message_id, future in pending.values():
             if not future.done():
-                future.set_exception(PublishFailed(reason))
+                future.set_exception(PublishUnconfirmed(reason))

@@ -1,31 +1,52 @@
-"""HTTP routes of the gateway (SPEC §6)."""
+"""HTTP routes of the gateway."""
 
 from __future__ import annotations
 
 import logging
-import uuid
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import urlsplit
 
 import bottle
 
 from api_gateway_app import docs_page, openapi
-from api_gateway_app.proxy import Upstream, UpstreamError, UpstreamTimeout, forward_headers, response_headers
-from api_gateway_app.publisher import Publisher, PublishFailed
+from api_gateway_app.proxy import (
+    Upstream,
+    UpstreamBusy,
+    UpstreamError,
+    UpstreamTimeout,
+    forward_headers,
+    response_headers,
+)
+from api_gateway_app.publisher import BrokerBlocked, Publisher, PublishFailed, PublishUnconfirmed
 from common import logs
-from common.orders import InvalidOrder, normalise_order
-from common.web import JSON_TYPE, ApiError, JsonApp, read_body, read_json_object, to_json
+from common.orders import IDEMPOTENCY_KEY, InvalidOrder, message_id, normalise_order
+from common.web import JSON_TYPE, ApiError, JsonApp, json_response, read_body, read_json_object, to_json
 
 log = logging.getLogger(__name__)
-# /health probes two apps and must answer within the container healthcheck's 3 s, even when both hang.
-HEALTH_PROBE_TIMEOUT = 1.2
+# /health probes both apps at once, and answers within a second even when one of them hangs.
+HEALTH_PROBE_TIMEOUT = 0.8
+# Seconds a client should wait before retrying an order refused with 503.
+RETRY_AFTER = "5"
 
 
 def _target(environ: dict[str, Any]) -> str:
-    """The path and query as the client sent them (trailing slash included)."""
-    path = quote(environ["app.original_path"].encode("latin-1"), safe="/:@!$&'()*+,;=-._~%")
-    query = environ.get("QUERY_STRING")
-    return f"{path}?{query}" if query else path
+    """The path and query exactly as the client sent them: forwarded without decoding anything, so
+    that inventory-app decodes the path once, as the gateway did, and both name the same resource."""
+    target = environ["REQUEST_URI"]
+    if not target.startswith("/"):  # absolute form, "http://host/path?query"
+        parts = urlsplit(target)
+        target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    return target
+
+
+def _idempotency_key() -> str | None:
+    key = bottle.request.get_header("Idempotency-Key")
+    if key is not None and not IDEMPOTENCY_KEY.fullmatch(key):
+        raise ApiError(
+            400, "Idempotency-Key must be 1 to 255 visible ASCII characters (no spaces)", field="Idempotency-Key"
+        )
+    return key
 
 
 def build_app(inventory: Upstream, billing: Upstream, publisher: Publisher, max_body_bytes: int) -> JsonApp:
@@ -44,6 +65,9 @@ def build_app(inventory: Upstream, billing: Upstream, publisher: Publisher, max_
                 forward_headers(environ, f"{upstream.host}:{upstream.port}"),
                 body,
             )
+        except UpstreamBusy as exc:
+            log.warning("%s: %s", exc, exc.detail)
+            raise ApiError(503, str(exc), headers={"Retry-After": "1"}) from None
         except UpstreamError as exc:
             log.warning("%s: %s", exc, exc.detail)
             raise ApiError(504 if isinstance(exc, UpstreamTimeout) else 502, str(exc)) from None
@@ -67,28 +91,46 @@ def build_app(inventory: Upstream, billing: Upstream, publisher: Publisher, max_
         return proxy(billing)
 
     @app.post("/api/billing")
-    def create_order() -> dict[str, Any]:
+    def create_order() -> Any:
+        key = _idempotency_key()
         try:
             order = normalise_order(read_json_object(max_body_bytes))
         except InvalidOrder as exc:
             raise ApiError(400, str(exc), field=exc.field) from None
-        message_id = str(uuid.uuid4())
+        order_id = message_id(key)
         try:
-            publisher.publish(to_json(order), message_id, {"x-request-id": logs.request_id.get()})
+            publisher.publish(to_json(order), order_id, {"x-request-id": logs.request_id.get()})
+        except PublishUnconfirmed as exc:
+            log.warning("order %s sent, outcome unknown: %s", order_id, exc)
+            unconfirmed = {
+                "status": "unconfirmed",
+                "message_id": order_id,
+                "detail": "the broker received the order but did not confirm it: it may or may not be stored; "
+                "retry with the same Idempotency-Key, or look for message_id in GET /api/orders",
+                "reason": str(exc),
+                "request_id": logs.request_id.get(),
+            }
+            return json_response(unconfirmed, 202)
         except PublishFailed as exc:
             log.warning("order not queued: %s", exc)
-            raise ApiError(
-                503, "billing is unavailable, the order was not queued; try again shortly", reason=str(exc)
-            ) from None
-        log.debug("order %s queued for user %s", message_id, order["user_id"])
-        return {"status": "queued", "message_id": message_id}
+            message = "billing is unavailable, the order was not queued; try again shortly"
+            if isinstance(exc, BrokerBlocked):
+                message = "the broker is short of resources and refuses orders; the order was not queued"
+            raise ApiError(503, message, headers={"Retry-After": RETRY_AFTER}, reason=str(exc)) from None
+        log.debug("order %s queued for user %s", order_id, order["user_id"])
+        return {"status": "queued", "message_id": order_id}
+
+    probes = ThreadPoolExecutor(max_workers=2, thread_name_prefix="health-probe")
 
     @app.get("/health")
     def health() -> bottle.HTTPResponse:
+        inventory_probe, billing_probe = (
+            probes.submit(_probe, upstream, logs.request_id.get()) for upstream in (inventory, billing)
+        )
         checks = {
-            "broker": "ok" if publisher.ready else "down",
-            "inventory-app": _probe(inventory),
-            "billing-app": _probe(billing),
+            "broker": publisher.state,
+            "inventory-app": inventory_probe.result(),
+            "billing-app": billing_probe.result(),
         }
         # billing-app is not required: orders wait in the queue while it is down.
         usable = checks["broker"] == "ok" and checks["inventory-app"] == "ok"
@@ -108,8 +150,8 @@ def build_app(inventory: Upstream, billing: Upstream, publisher: Publisher, max_
     return app
 
 
-def _probe(upstream: Upstream) -> str:
-    headers = {"Host": f"{upstream.host}:{upstream.port}", "X-Request-ID": logs.request_id.get()}
+def _probe(upstream: Upstream, request_id: str) -> str:
+    headers = {"Host": f"{upstream.host}:{upstream.port}", "X-Request-ID": request_id}
     try:
         answer = upstream.request("GET", "/health", headers, b"", timeout=HEALTH_PROBE_TIMEOUT)
     except UpstreamError:

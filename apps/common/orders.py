@@ -4,14 +4,19 @@ billing-app (before storing). Limits mirror the ``orders`` table's column types 
 from __future__ import annotations
 
 import re
+import uuid
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
+from common.numbers import INT_MAX, parse_int
+
 FIELDS = ("user_id", "number_of_items", "total_amount")
-INT_MAX = 2**31 - 1  # integer columns
 AMOUNT_MAX = Decimal("9999999999.99")  # numeric(12,2)
-_DIGITS = re.compile(r"[0-9]+")
 _AMOUNT = re.compile(r"[0-9]+(\.[0-9]{1,2})?")
+# An Idempotency-Key: 1 to 255 visible ASCII characters (no spaces), e.g. a UUID the client made.
+IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,255}")
+# Fixed forever: changing it would map every key to another message id, and retries would duplicate.
+_IDEMPOTENCY_NAMESPACE = uuid.UUID("5f0c8a3e-2a4b-5d36-9a51-6c1e0f7b9d24")
 
 
 class InvalidOrder(ValueError):
@@ -27,8 +32,8 @@ def _positive_int(value: Any, name: str) -> int:
         raise InvalidOrder(f"{name} must be a positive integer", name)
     if isinstance(value, float) and value.is_integer():
         value = int(value)
-    if isinstance(value, str) and _DIGITS.fullmatch(value.strip()):
-        value = int(value.strip())
+    if isinstance(value, str):
+        value = parse_int(value.strip(), 1, INT_MAX)
     if not isinstance(value, int) or not 1 <= value <= INT_MAX:
         raise InvalidOrder(f"{name} must be a positive integer (at most {INT_MAX})", name)
     return value
@@ -68,3 +73,11 @@ def normalise_order(body: Any) -> dict[str, Any]:
         "number_of_items": _positive_int(body["number_of_items"], "number_of_items"),
         "total_amount": _amount(body["total_amount"], "total_amount"),
     }
+
+
+def message_id(idempotency_key: str | None) -> str:
+    """The message id of an order: the same for every request with the same Idempotency-Key (so a
+    retried order is stored once), a fresh random one without a key."""
+    if idempotency_key is None:
+        return str(uuid.uuid4())
+    return str(uuid.uuid5(_IDEMPOTENCY_NAMESPACE, idempotency_key))

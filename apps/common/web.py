@@ -3,7 +3,8 @@ and an access log (the server itself: common/server.py).
 
 - Every error is ``{"error": "<message>", ...}`` with the right status; Bottle's HTML pages never reach a client.
 - Route callbacks return dicts or lists (sent as JSON) or raise :class:`ApiError`.
-- Exceptions are mapped to statuses in one place, :func:`_error_mapping`.
+- Exceptions are mapped to statuses in one place: the plugin installed by :class:`JsonApp`, with the
+  statuses each app hands in for its own exceptions (e.g. "database unavailable" -> 503).
 """
 
 from __future__ import annotations
@@ -14,16 +15,19 @@ import re
 import socket
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import bottle
 
 from common import logs
-from common.db import DatabaseUnavailable
+from common.numbers import INT_MAX, parse_int
 
 JSON_TYPE = "application/json; charset=utf-8"
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+# Lists are paged: without ?limit=, this many items; never more than PAGE_MAX in one answer.
+PAGE_DEFAULT = 100
+PAGE_MAX = 1000
 # Names the replica (container hostname) that answered, in the X-Served-By response header.
 SERVED_BY = socket.gethostname()
 log = logging.getLogger(__name__)
@@ -97,34 +101,43 @@ def reject_unknown_fields(body: dict[str, Any], allowed: Iterable[str]) -> None:
 # --- the Bottle application -------------------------------------------------------------------
 
 
-def _error_mapping(callback: Callable[..., Any]) -> Callable[..., Any]:
+# An app's own exceptions and how they are answered: (exception class, status, message for the client),
+# the first matching entry wins (list subclasses first). The exception's text goes to the log only.
+ErrorStatuses = Sequence[tuple[type[Exception], int, str]]
+
+
+def _error_mapping(errors: ErrorStatuses) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Bottle plugin: dict/list results become JSON; exceptions become JSON errors."""
 
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            result = callback(*args, **kwargs)
-        except bottle.HTTPResponse:
-            raise
-        except DatabaseUnavailable as exc:
-            log.warning("database unavailable: %s", exc)
-            raise ApiError(503, "database unavailable, try again shortly") from None
-        except Exception:
-            log.exception("unhandled error")
-            raise ApiError(500, "internal server error") from None
-        if isinstance(result, (dict, list)):
-            return json_response(result)
-        return result
+    def plugin(callback: Callable[..., Any]) -> Callable[..., Any]:
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            try:
+                result = callback(*args, **kwargs)
+            except bottle.HTTPResponse:
+                raise
+            except Exception as exc:
+                for kind, status, message in errors:
+                    if isinstance(exc, kind):
+                        log.warning("%s: %s", message, exc)
+                        raise ApiError(status, message) from None
+                log.exception("unhandled error")
+                raise ApiError(500, "internal server error") from None
+            if isinstance(result, (dict, list)):
+                return json_response(result)
+            return result
 
-    return wrapper
+        return wrapper
+
+    return plugin
 
 
 class JsonApp(bottle.Bottle):
     """A Bottle app that answers JSON, errors included."""
 
-    def __init__(self) -> None:
+    def __init__(self, errors: ErrorStatuses = ()) -> None:
         super().__init__()
         self.uninstall("json")
-        self.install(_error_mapping)
+        self.install(_error_mapping(errors))
 
     def default_error_handler(self, res: bottle.HTTPError) -> bytes:
         status = res.status_code
@@ -159,8 +172,8 @@ class RequestContext:
     """Outermost WSGI layer of every app.
 
     Gives each request an id (kept from ``X-Request-ID`` when valid, returned in the response),
-    names the replica that answered (``X-Served-By``), treats ``/path/`` as ``/path``, and writes
-    one access-log line per request.
+    names the replica that answered (``X-Served-By``), treats ``/path/`` as ``/path`` (one slash only:
+    ``/api/movies//`` names no resource, it is not the collection), and writes one access-log line per request.
     """
 
     def __init__(self, app: Callable[..., Any]) -> None:
@@ -173,7 +186,7 @@ class RequestContext:
         path = environ.get("PATH_INFO") or "/"
         environ["app.original_path"] = path
         if len(path) > 1 and path.endswith("/"):
-            environ["PATH_INFO"] = path.rstrip("/") or "/"
+            environ["PATH_INFO"] = path[:-1]
         token = logs.request_id.set(rid)
         status = ["500"]
         chunks: list[bytes] = []
@@ -218,11 +231,13 @@ def query_int(name: str, minimum: int, maximum: int) -> int | None:
     raw = bottle.request.query.get(name)
     if raw is None or raw == "":
         return None
-    if not (raw.isascii() and raw.isdigit()) or not minimum <= int(raw) <= maximum:
+    value = parse_int(raw, minimum, maximum)
+    if value is None:
         raise ApiError(400, f"{name} must be an integer from {minimum} to {maximum}", field=name)
-    return int(raw)
+    return value
 
 
-def paging(limit_max: int = 1000) -> tuple[int | None, int]:
-    """``limit`` and ``offset`` of a list request."""
-    return query_int("limit", 1, limit_max), query_int("offset", 0, 2**31 - 1) or 0
+def paging() -> tuple[int, int]:
+    """``limit`` (PAGE_DEFAULT when absent, at most PAGE_MAX) and ``offset`` of a list request."""
+    limit = query_int("limit", 1, PAGE_MAX)
+    return PAGE_DEFAULT if limit is None else limit, query_int("offset", 0, INT_MAX) or 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from common.db import Pool
+from common.numbers import INT_MAX, parse_int
 from common.web import ApiError, reject_unknown_fields
 
 TITLE_MAX = 255  # mirrors movies.title varchar(255) CHECK (char_length BETWEEN 1 AND 255)
@@ -60,9 +61,10 @@ def validate_changes(body: dict[str, Any]) -> dict[str, str]:
 
 def parse_id(raw: str) -> int:
     """A movie id from the URL; anything that cannot be an id is simply not found."""
-    if raw.isascii() and raw.isdigit() and 0 < int(raw) <= 2**31 - 1:
-        return int(raw)
-    raise ApiError(404, "movie not found")
+    movie_id = parse_int(raw, 1, INT_MAX)
+    if movie_id is None:
+        raise ApiError(404, "movie not found")
+    return movie_id
 
 
 def escape_like(text: str) -> str:
@@ -89,7 +91,7 @@ class MovieStore:
     def __init__(self, pool: Pool) -> None:
         self.pool = pool
 
-    def list(self, title: str | None, limit: int | None, offset: int) -> list[dict[str, Any]]:
+    def list(self, title: str | None, limit: int, offset: int) -> list[dict[str, Any]]:
         if title:
             rows = self.pool.query(_LIST_BY_TITLE, pattern=escape_like(title), limit=limit, offset=offset)
         else:

@@ -6,7 +6,7 @@ from typing import Any
 
 import bottle
 
-from common.db import DatabaseUnavailable, Pool
+from common.db import HTTP_ERRORS, DatabaseUnavailable, Pool
 from common.web import ApiError, JsonApp, json_response, paging, read_json_object
 from inventory_app.movies import MovieStore, check_text, parse_id, validate_changes, validate_new
 
@@ -25,7 +25,7 @@ def title_filter() -> str | None:
 
 
 def build_app(store: MovieStore, pool: Pool, max_body_bytes: int) -> JsonApp:
-    app = JsonApp()
+    app = JsonApp(HTTP_ERRORS)
 
     def found(movie: dict[str, Any] | None) -> dict[str, Any]:
         if movie is None:
@@ -63,7 +63,7 @@ def build_app(store: MovieStore, pool: Pool, max_body_bytes: int) -> JsonApp:
         try:
             pool.ping()
         except DatabaseUnavailable as exc:
-            # A body of our own: ApiError's first parameter is already called ``status``.
+            # Not an ApiError: the health answer has its own shape, with a status field.
             body = {"status": "unavailable", "error": "database unreachable", "database": str(exc)}
             return json_response(body, 503)
         return {"status": "ok", "database": "ok"}

@@ -204,7 +204,10 @@ def in_process_app() -> Any:
     publisher = Publisher(BrokerSettings.from_env(env, "GATEWAY"), 1.0)
     dummy = "http://127.0.0.1:9"
     return build_app(
-        Upstream("inventory-app", dummy, 1, 1), Upstream("billing-app", dummy, 1, 1), publisher, DEFAULT_MAX_BODY_BYTES
+        Upstream("inventory-app", dummy, 1, 1, 8),
+        Upstream("billing-app", dummy, 1, 1, 8),
+        publisher,
+        DEFAULT_MAX_BODY_BYTES,
     )
 
 

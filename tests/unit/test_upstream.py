@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import socket
 import threading
+import time
 from collections import Counter
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -83,7 +84,7 @@ def served_by(upstream: Upstream, threads: int, requests: int) -> Counter[str]:
 
 def test_connections_of_different_threads_go_to_different_replicas(replicas: tuple[int, list[str]]) -> None:
     port, _ = replicas
-    upstream = Upstream("inventory-app", f"http://{NAME}:{port}", 1, 1)
+    upstream = Upstream("inventory-app", f"http://{NAME}:{port}", 1, 1, 8)
     seen = served_by(upstream, threads=4, requests=25)
     assert set(seen) == {"127.0.0.1", "127.0.0.2"}
     assert sum(seen.values()) == 100
@@ -92,7 +93,7 @@ def test_connections_of_different_threads_go_to_different_replicas(replicas: tup
 def test_a_replica_that_vanished_from_behind_the_name_costs_no_request(replicas: tuple[int, list[str]]) -> None:
     port, addresses = replicas
     addresses.append("127.0.0.3")  # resolvable, but nothing listens there: connection refused
-    upstream = Upstream("inventory-app", f"http://{NAME}:{port}", 1, 1)
+    upstream = Upstream("inventory-app", f"http://{NAME}:{port}", 1, 1, 8)
     seen = served_by(upstream, threads=6, requests=10)
     assert sum(seen.values()) == 60
     assert "127.0.0.3" not in seen
@@ -101,7 +102,7 @@ def test_a_replica_that_vanished_from_behind_the_name_costs_no_request(replicas:
 def test_kept_alive_connections_are_retired_so_new_replicas_get_traffic(replicas: tuple[int, list[str]]) -> None:
     port, addresses = replicas
     addresses.remove("127.0.0.2")  # not there yet
-    upstream = Upstream("inventory-app", f"http://{NAME}:{port}", 1, 1)
+    upstream = Upstream("inventory-app", f"http://{NAME}:{port}", 1, 1, 8)
 
     def get() -> str:
         return upstream.request("GET", "/", {"Host": NAME}, b"").body.decode()
@@ -169,7 +170,7 @@ def scripted() -> Iterator[tuple[int, list[bytes], list[bytes]]]:
 
 
 def scripted_upstream(port: int) -> Upstream:
-    return Upstream("inventory-app", f"http://127.0.0.1:{port}", 1, 1)
+    return Upstream("inventory-app", f"http://127.0.0.1:{port}", 1, 1, 8)
 
 
 def test_content_length_chunked_and_close_delimited_bodies(scripted: tuple[int, list[bytes], list[bytes]]) -> None:
@@ -247,3 +248,49 @@ def test_cr_or_lf_in_a_header_never_reaches_the_upstream(scripted: tuple[int, li
     with pytest.raises(proxy.UpstreamUnavailable):
         scripted_upstream(port).request("GET", "/", {"Host": "h", "X-A": "1\r\nX-Injected: 1"}, b"")
     assert received == []
+
+
+# --- the bulkhead: a hung upstream holds a bounded share of the threads; a busy one is waited for -------
+
+
+@pytest.fixture
+def hung_port() -> Iterator[int]:
+    """A server that accepts connections and never answers (like a paused container)."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(64)
+    yield listener.getsockname()[1]
+    listener.close()
+
+
+def test_a_hung_upstream_gets_its_share_of_threads_and_the_rest_fail_fast(hung_port: int) -> None:
+    upstream = Upstream("inventory-app", f"http://127.0.0.1:{hung_port}", 1, 3, 2)
+    outcomes: list[tuple[str, float]] = []
+    lock = threading.Lock()
+
+    def client() -> None:
+        started = time.monotonic()
+        try:
+            upstream.request("GET", "/", {"Host": "inventory-app"}, b"")
+            outcome = "answered"
+        except proxy.UpstreamError as exc:
+            outcome = type(exc).__name__
+        with lock:
+            outcomes.append((outcome, time.monotonic() - started))
+
+    workers = [threading.Thread(target=client) for _ in range(8)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(10)
+    kinds = Counter(kind for kind, _ in outcomes)
+    assert kinds == {"UpstreamTimeout": 2, "UpstreamBusy": 6}, outcomes
+    # The refused ones did not wait for the read timeout: only for the stall to show.
+    assert all(took < proxy.STALLED_AFTER + 0.5 for kind, took in outcomes if kind == "UpstreamBusy"), outcomes
+
+
+def test_a_busy_but_answering_upstream_is_waited_for_not_refused(replicas: tuple[int, list[str]]) -> None:
+    port, _ = replicas
+    upstream = Upstream("inventory-app", f"http://{NAME}:{port}", 1, 1, 1)
+    seen = served_by(upstream, threads=6, requests=20)  # six threads through one slot: all served
+    assert sum(seen.values()) == 120
