@@ -6,6 +6,8 @@ from __future__ import annotations
 from typing import Any
 
 from common.app_main import DEFAULT_MAX_BODY_BYTES
+from common.numbers import INT_MAX as _INT_MAX
+from common.web import PAGE_DEFAULT, PAGE_MAX
 
 _JSON = "application/json"
 
@@ -13,7 +15,6 @@ _JSON = "application/json"
 _TITLE = "play-with-containers API"
 _VERSION = "1.0.0"
 _RID = "3f2c9a1e0b7d4c55a1e2f3b4c5d6e7f8"
-_INT_MAX = 2**31 - 1  # PostgreSQL integer columns; ids, user ids, counts and offsets stop there
 
 # Exact patterns of what common/orders.py accepts in a numeric string, so that the document and the
 # validation agree value for value (checked by schemathesis in tests/e2e/test_failures.py).
@@ -73,11 +74,19 @@ _DB_DOWN = _error(
 def _upstream(app: str) -> dict[str, Any]:
     """The answers of a proxied route when the app behind it fails."""
     return {
-        "502": _error(f"{app} cannot be reached (stopped or crashed).", f"{app} is unreachable"),
-        "503": _DB_DOWN,
+        "502": _error(
+            f"{app} cannot be reached (stopped, crashed, or its name does not resolve).", f"{app} is unreachable"
+        ),
+        "503": _error(
+            f"The database behind {app} is unavailable, or {app} hangs: every request slot the gateway gives it "
+            "(`UPSTREAM_MAX_IN_FLIGHT`, all its threads but two) is taken by requests it does not answer, so more "
+            "are refused at once (with `Retry-After`) instead of stalling the other routes. Retry shortly.",
+            "database unavailable, try again shortly",
+        ),
         "504": _error(
             f"{app} accepted the request but did not answer within the gateway's read timeout "
-            "(`UPSTREAM_READ_TIMEOUT`, 10 s by default). A write may or may not have been applied.",
+            "(`UPSTREAM_READ_TIMEOUT`, 10 s by default), or its database statement ran out of time "
+            "(5 s statement timeout). A write may or may not have been applied.",
             f"{app} did not answer in time",
         ),
     }
@@ -140,8 +149,9 @@ def document(max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> dict[str, Any]:
                         "in": "query",
                         "required": False,
                         "allowEmptyValue": True,  # `?limit=` is the same as no limit
-                        "schema": {"type": "integer", "minimum": 1, "maximum": 1000},
-                        "description": "At most this many movies.",
+                        "schema": {"type": "integer", "minimum": 1, "maximum": PAGE_MAX, "default": PAGE_DEFAULT},
+                        "description": f"At most this many movies (a page: {PAGE_DEFAULT} when absent, "
+                        f"{PAGE_MAX} at most).",
                     },
                     {
                         "name": "offset",
@@ -156,7 +166,7 @@ def document(max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> dict[str, Any]:
                     "200": _ok("The movies.", {"type": "array", "items": movie_ref}, [_MOVIE]),
                     "400": _error(
                         "`limit` or `offset` is not a valid integer.",
-                        "limit must be an integer from 1 to 1000",
+                        f"limit must be an integer from 1 to {PAGE_MAX}",
                         field="limit",
                     ),
                     **_INVENTORY,
@@ -236,8 +246,24 @@ def document(max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> dict[str, Any]:
                 "tags": ["billing"],
                 "summary": "Queue an order for billing",
                 "description": "Validates the order and publishes it as a persistent message to the billing queue. "
-                "200 only after RabbitMQ confirmed it: the order will be stored by billing-app, "
-                "even if billing-app is stopped right now. Numbers may be sent as numeric strings.",
+                "Each answer means exactly what it says: 200 only after RabbitMQ confirmed it (the order will be "
+                "stored by billing-app, even if billing-app is stopped right now); 503: the order was not queued and "
+                "never will be; 202: the order reached the broker but no confirm came, so it may or may not be "
+                "stored. Send an `Idempotency-Key` to retry safely after a 202, a 503 or a timeout: every request "
+                "with the same key carries the same `message_id`, and billing-app stores a `message_id` once "
+                "(the first body stored wins). Numbers may be sent as numeric strings.",
+                "parameters": [
+                    {
+                        "name": "Idempotency-Key",
+                        "in": "header",
+                        "required": False,
+                        "schema": {"type": "string", "pattern": "^[!-~]{1,255}$"},
+                        "description": "Any 1 to 255 visible ASCII characters (no spaces), e.g. a UUID made by the "
+                        "client for this order: the `message_id` is derived from it (UUIDv5), so retries of one "
+                        "order are stored once. Without it, every request is a new order.",
+                        "example": "2b1f0d5c-0c53-4a8e-9d0e-6f1b8c2e7a44",
+                    }
+                ],
                 "requestBody": _body(
                     "#/components/schemas/Order",
                     {"user_id": "20", "number_of_items": "99", "total_amount": "250"},
@@ -249,18 +275,36 @@ def document(max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> dict[str, Any]:
                         {"$ref": "#/components/schemas/Queued"},
                         {"status": "queued", "message_id": "8c3b6f4e-2f0a-4c1e-9a57-0d5f2b7e9c11"},
                     ),
+                    "202": _ok(
+                        "Outcome unknown: the order was handed to RabbitMQ but no confirm came in time "
+                        "(`PUBLISH_CONFIRM_TIMEOUT`, 5 s) or the connection was lost. It may or may not be stored: "
+                        "retry with the same `Idempotency-Key`, or look for `message_id` in GET /api/orders.",
+                        {"$ref": "#/components/schemas/Unconfirmed"},
+                        {
+                            "status": "unconfirmed",
+                            "message_id": "8c3b6f4e-2f0a-4c1e-9a57-0d5f2b7e9c11",
+                            "detail": "the broker received the order but did not confirm it: it may or may not be "
+                            "stored; retry with the same Idempotency-Key, or look for message_id in GET /api/orders",
+                            "reason": "the broker did not confirm the message in time",
+                            "request_id": _RID,
+                        },
+                    ),
                     "400": _error(
-                        "An invalid order (or malformed JSON); nothing was published.",
+                        "An invalid order, malformed JSON or an invalid `Idempotency-Key`; nothing was published.",
                         "total_amount must be a non-negative amount with at most 2 decimal places",
                         field="total_amount",
                     ),
                     "413": too_large,
                     "415": _NOT_JSON,
-                    "503": _error(
-                        "RabbitMQ is unreachable or did not confirm; nothing was queued.",
-                        "billing is unavailable, the order was not queued; try again shortly",
-                        reason="broker unavailable",
-                    ),
+                    "503": {
+                        **_error(
+                            "Not queued, and it never will be: RabbitMQ is unreachable, refused or could not route the "
+                            "order, or it blocks publishing (a memory or disk alarm; /health then says `blocked`). "
+                            "Retry after `Retry-After` seconds.",
+                            "billing is unavailable, the order was not queued; try again shortly",
+                            reason="broker unavailable",
+                        ),
+                    },
                 },
             },
         },
@@ -284,8 +328,9 @@ def document(max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> dict[str, Any]:
                         "in": "query",
                         "required": False,
                         "allowEmptyValue": True,  # `?limit=` is the same as no limit
-                        "schema": {"type": "integer", "minimum": 1, "maximum": 1000},
-                        "description": "At most this many orders.",
+                        "schema": {"type": "integer", "minimum": 1, "maximum": PAGE_MAX, "default": PAGE_DEFAULT},
+                        "description": f"At most this many orders (a page: {PAGE_DEFAULT} when absent, "
+                        f"{PAGE_MAX} at most).",
                     },
                     {
                         "name": "offset",
@@ -325,9 +370,10 @@ def document(max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> dict[str, Any]:
                 "operationId": "health",
                 "tags": ["operations"],
                 "summary": "Health of the gateway",
-                "description": "200 when the gateway can serve: it is connected to RabbitMQ with publisher confirms "
-                "and inventory-app's own /health answers 200. billing-app is reported but not required: orders wait "
-                "in the queue while it is down. Used by the container healthcheck.",
+                "description": "200 when the gateway can serve: it is connected to RabbitMQ with publisher confirms, "
+                "RabbitMQ does not block publishing (`broker`: `ok`, `blocked` or `down`), "
+                "and inventory-app's own /health answers 200 within 0.8 s. billing-app is reported but not required: "
+                "orders wait in the queue while it is down. Used by the container healthcheck.",
                 "responses": {
                     "200": _ok(
                         "Usable.",
@@ -469,6 +515,17 @@ def document(max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> dict[str, Any]:
                             "description": "A non-negative amount (at most 9999999999.99) with at most 2 decimal "
                             "places, as a number or a string; surrounding whitespace is ignored.",
                         },
+                    },
+                },
+                "Unconfirmed": {
+                    "type": "object",
+                    "required": ["status", "message_id", "detail"],
+                    "properties": {
+                        "status": {"type": "string", "enum": ["unconfirmed"]},
+                        "message_id": {"type": "string", "format": "uuid"},
+                        "detail": string,
+                        "reason": string,
+                        "request_id": string,
                     },
                 },
                 "Queued": {

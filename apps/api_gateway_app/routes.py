@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -41,7 +42,8 @@ def _target(environ: dict[str, Any]) -> str:
 
 
 def _idempotency_key() -> str | None:
-    key = bottle.request.get_header("Idempotency-Key")
+    # From the environ as waitress decoded it (latin-1): Bottle's header view raises on bytes that are not UTF-8.
+    key = bottle.request.environ.get("HTTP_IDEMPOTENCY_KEY")
     if key is not None and not IDEMPOTENCY_KEY.fullmatch(key):
         raise ApiError(
             400, "Idempotency-Key must be 1 to 255 visible ASCII characters (no spaces)", field="Idempotency-Key"
@@ -120,18 +122,19 @@ def build_app(inventory: Upstream, billing: Upstream, publisher: Publisher, max_
         log.debug("order %s queued for user %s", order_id, order["user_id"])
         return {"status": "queued", "message_id": order_id}
 
-    probes = ThreadPoolExecutor(max_workers=2, thread_name_prefix="health-probe")
+    # Probes that overrun are left to finish here (each ends within its connect and read timeouts).
+    probes = ThreadPoolExecutor(max_workers=8, thread_name_prefix="health-probe")
 
     @app.get("/health")
     def health() -> bottle.HTTPResponse:
-        inventory_probe, billing_probe = (
-            probes.submit(_probe, upstream, logs.request_id.get()) for upstream in (inventory, billing)
-        )
-        checks = {
-            "broker": publisher.state,
-            "inventory-app": inventory_probe.result(),
-            "billing-app": billing_probe.result(),
-        }
+        rid = logs.request_id.get()
+        running = {upstream.name: probes.submit(_probe, upstream, rid) for upstream in (inventory, billing)}
+        checks = {"broker": publisher.state}
+        for name, probe in running.items():
+            try:
+                checks[name] = probe.result(timeout=HEALTH_PROBE_TIMEOUT)
+            except FutureTimeout:
+                checks[name] = "down"
         # billing-app is not required: orders wait in the queue while it is down.
         usable = checks["broker"] == "ok" and checks["inventory-app"] == "ok"
         body: dict[str, Any] = {"status": "ok" if usable else "unavailable", "checks": checks}

@@ -184,7 +184,6 @@ class RequestContext:
         rid = valid_request_id(environ.get("HTTP_X_REQUEST_ID"))
         environ["HTTP_X_REQUEST_ID"] = rid
         path = environ.get("PATH_INFO") or "/"
-        environ["app.original_path"] = path
         if len(path) > 1 and path.endswith("/"):
             environ["PATH_INFO"] = path[:-1]
         token = logs.request_id.set(rid)

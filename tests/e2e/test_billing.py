@@ -12,8 +12,10 @@ import json
 import random
 import re
 import subprocess
+import threading
 import time
 import uuid
+from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -22,6 +24,7 @@ from typing import Any
 
 import pytest
 
+from common.orders import message_id
 from stack import ROOT, Response, Stack, internal_http, run, wait_for
 
 pytestmark = pytest.mark.e2e
@@ -614,3 +617,142 @@ def test_a_10k_order_backlog_drains_completely_and_the_drain_rate_is_recorded(st
     OUTPUT.mkdir(parents=True, exist_ok=True)
     Path(OUTPUT / "billing-drain.json").write_text(json.dumps(figures, indent=2) + "\n")
     print(f"\nbilling drain: {json.dumps(figures)}")
+
+
+# --- faults that are not crashes: every answer tells the truth -------------------------------------------
+
+
+def broker_state(stack: Stack) -> str:
+    return stack.http("GET", "/health", timeout=10).json()["checks"]["broker"]
+
+
+@contextmanager
+def memory_alarm(stack: Stack) -> Iterator[None]:
+    """A RabbitMQ memory alarm, as when the broker runs short of memory: a watermark of 0 blocks every
+    publishing connection at once. The default watermark (0.4 of RAM) is restored on the way out."""
+    stack.exec("rabbit-queue", "rabbitmqctl", "-q", "set_vm_memory_high_watermark", "0")
+    try:
+        yield
+    finally:
+        stack.exec("rabbit-queue", "rabbitmqctl", "-q", "set_vm_memory_high_watermark", "0.4")
+
+
+@contextmanager
+def paused(stack: Stack, service: str) -> Iterator[None]:
+    """``docker pause`` a service (a hung process: connections accepted, nothing answered)."""
+    docker("pause", stack.container(service))
+    try:
+        yield
+    finally:
+        docker("unpause", stack.container(service))
+
+
+def keyed_order(stack: Stack, user_id: int, key: str) -> Response:
+    return post_order(stack, order(user_id), headers={"Idempotency-Key": key})
+
+
+def rows_per_message(stack: Stack, user_id: int) -> Counter[str]:
+    return Counter(stored_ids(stack, user_id))
+
+
+def test_under_a_broker_resource_alarm_a_503_is_never_stored_and_a_200_is_stored_once(stack: Stack) -> None:
+    user = fresh_user()
+    run_tag = uuid.uuid4().hex[:8]
+    answers: dict[str, Response] = {}  # Idempotency-Key -> answer; the key tells each order's message_id
+    stop = threading.Event()
+
+    def client(worker: int) -> None:
+        for index in range(2000):  # bounded: stopped long before by the event
+            if stop.is_set():
+                return
+            key = f"alarm-{run_tag}-{worker}-{index}"
+            answers[key] = keyed_order(stack, user, key)
+
+    retried_key = f"alarm-{run_tag}-retried"
+    with ThreadPoolExecutor(4) as pool:
+        clients = [pool.submit(client, worker) for worker in range(4)]
+        try:
+            wait_for(lambda: sum(a.status == 200 for a in answers.values()) >= 20, 60, what="orders accepted")
+            with memory_alarm(stack):
+                wait_for(lambda: broker_state(stack) == "blocked", 30, what="the gateway to see the broker blocked")
+                started = time.monotonic()
+                refused = keyed_order(stack, user, retried_key)
+                took = time.monotonic() - started
+                health = stack.http("GET", "/health")
+                wait_for(lambda: sum(a.status == 503 for a in answers.values()) >= 20, 60, what="orders refused")
+            wait_for(lambda: broker_state(stack) == "ok", 60, what="the broker to accept orders again")
+            accepted_so_far = sum(a.status == 200 for a in answers.values())
+            wait_for(
+                lambda: sum(a.status == 200 for a in answers.values()) >= accepted_so_far + 20,
+                60,
+                what="orders accepted again after the alarm",
+            )
+        finally:
+            stop.set()
+            for future in clients:
+                future.result()
+
+    # While blocked: refused at once, with Retry-After, and /health says why.
+    assert refused.status == 503, refused.body
+    assert took < 1.0, f"a refused order took {took:.2f}s"
+    assert int(refused.headers["retry-after"]) > 0
+    assert "not queued" in refused.json()["error"]
+    assert health.status == 503 and health.json()["checks"]["broker"] == "blocked", health.body
+
+    # A client retrying the refused order with its key gets one order, whatever it retries.
+    expected_id = message_id(retried_key)
+    retries = [keyed_order(stack, user, retried_key) for _ in range(3)]
+    assert [(r.status, r.json()["message_id"]) for r in retries] == [(200, expected_id)] * 3
+
+    statuses = Counter(a.status for a in answers.values())
+    print(f"\norders posted across a memory alarm: {dict(statuses)}")
+    assert set(statuses) <= {200, 202, 503}, statuses
+    accepted = {message_id(k) for k, a in answers.items() if a.status == 200} | {expected_id}
+    unconfirmed = {message_id(k) for k, a in answers.items() if a.status == 202}
+    never = {message_id(k) for k, a in answers.items() if a.status == 503}
+    for key, answer in answers.items():
+        if answer.status in (200, 202):
+            assert answer.json()["message_id"] == message_id(key)
+    wait_for(lambda: accepted <= set(rows_per_message(stack, user)), 120, what="every accepted order stored")
+    wait_depth(stack, QUEUE, 0)
+    rows = rows_per_message(stack, user)
+    assert all(rows[m] == 1 for m in accepted), "an order answered 200 is not stored exactly once"
+    assert [m for m in never if rows[m]] == [], "an order answered 503 was stored"
+    assert all(rows[m] <= 1 for m in unconfirmed)
+    assert set(rows) <= accepted | unconfirmed
+
+
+def test_an_order_sent_but_never_confirmed_is_answered_202_unconfirmed_and_a_keyed_retry_stores_it_once(
+    stack: Stack,
+) -> None:
+    user = fresh_user()
+    key = f"unconfirmed-{uuid.uuid4()}"
+    with paused(stack, "rabbit-queue"):  # the gateway's connection is open, its publish gets no confirm
+        answer = keyed_order(stack, user, key)
+    assert answer.status == 202, answer.body
+    body = answer.json()
+    assert (body["status"], body["message_id"]) == ("unconfirmed", message_id(key))
+    assert "Idempotency-Key" in body["detail"] and body["request_id"] == answer.headers["x-request-id"]
+    stack.wait_healthy()
+    retry = wait_for(lambda: (a := keyed_order(stack, user, key)).status == 200 and a, 60, what="a 200 on retry")
+    assert retry.json()["message_id"] == message_id(key)
+    assert_stored_exactly_once(stack, user, [message_id(key)], timeout=60)
+
+
+@pytest.mark.parametrize("key", ["", "a b", "x" * 256, "clé", "tab\tkey"])
+def test_an_invalid_idempotency_key_is_400_and_nothing_is_published(stack: Stack, key: str) -> None:
+    user = fresh_user()
+    answer = post_order(stack, order(user), headers={"Idempotency-Key": key})
+    assert answer.status == 400, answer.body
+    assert answer.json()["field"] == "Idempotency-Key"
+    assert stored_ids(stack, user) == []
+
+
+def test_the_same_idempotency_key_always_answers_the_same_message_id_and_stores_one_order(stack: Stack) -> None:
+    user = fresh_user()
+    key = str(uuid.uuid4())
+    answers = [keyed_order(stack, user, key) for _ in range(3)]
+    assert {(a.status, a.json()["message_id"]) for a in answers} == {(200, message_id(key))}
+    other = keyed_order(stack, user, key + "-2")
+    assert other.status == 200 and other.json()["message_id"] != message_id(key)
+    assert_stored_exactly_once(stack, user, [message_id(key), other.json()["message_id"]])

@@ -327,7 +327,11 @@ def test_under_load_every_container_killed_in_turn_loses_and_duplicates_nothing_
     posts = [r for r in report.results if r.path == "/api/billing"]
     accepted = {r.json()["message_id"]: r for r in posts if r.status == 200}
     assert all(r.json()["status"] == "queued" for r in accepted.values())
-    refused = [r for r in posts if r.answered and r.status != 200]
+    # 202 "unconfirmed": the broker got the order, no confirm came (e.g. killed mid-publish): it may or
+    # may not be stored, and says so. Any other answer is a refusal: never stored.
+    unconfirmed = [r for r in posts if r.answered and r.status == 202]
+    refused = [r for r in posts if r.answered and r.status not in (200, 202)]
+    assert all(r.json()["status"] == "unconfirmed" and r.json()["message_id"] for r in unconfirmed)
     # Requests that got no HTTP answer at all (connection refused or reset while the gateway was down,
     # or cut mid-way): the gateway may or may not have published the order before it died, so their
     # outcome is unknown by nature, for the client as for us. They are counted, and the number that
@@ -345,6 +349,7 @@ def test_under_load_every_container_killed_in_turn_loses_and_duplicates_nothing_
     wrong_request = [m for m, r in accepted.items() if m in request_of and request_of[m] != r.request_id]
     stored_refused = [r.request_id for r in refused if per_request[r.request_id]]
     stored_unanswered = [r.request_id for r in unanswered if per_request[r.request_id]]
+    stored_unconfirmed = [r.request_id for r in unconfirmed if per_request[r.request_id]]
     ours = {r.request_id for r in posts}
     strangers = [rid for rid in per_request if rid not in ours]
 
@@ -392,6 +397,8 @@ def test_under_load_every_container_killed_in_turn_loses_and_duplicates_nothing_
             "answered_200": len(accepted),
             "answered_503": sum(1 for r in refused if r.status == 503),
             "other_statuses": dict(Counter(str(r.status) for r in refused if r.status != 503)),
+            "answered_202_unconfirmed": len(unconfirmed),
+            "unconfirmed_but_stored": len(stored_unconfirmed),
             "no_answer": len(unanswered),
             "rows": len(rows),
             "lost": len(lost),

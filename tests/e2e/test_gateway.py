@@ -14,7 +14,9 @@ import struct
 import tempfile
 import time
 import uuid
+from collections import Counter
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -777,3 +779,91 @@ def test_newman_runs_the_postman_collection_against_the_stack(stack: Stack) -> N
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr
     row = re.search(r"\|\s+assertions\s+\|\s+(\d+)\s+\|\s+(\d+)\s+\|", result.stdout)
     assert row and int(row[1]) > 50 and int(row[2]) == 0
+
+
+# --- a hung upstream holds a bounded share of the gateway; names resolve with a deadline -------------------
+
+
+def timed(call: Any, *args: Any, **kwargs: Any) -> tuple[Response, float]:
+    started = time.monotonic()
+    answer = call(*args, **kwargs)
+    return answer, time.monotonic() - started
+
+
+def test_a_hung_inventory_app_does_not_stall_orders_health_or_the_other_upstream(stack: Stack) -> None:
+    movie = new_movie(stack, f"bulkhead {uuid.uuid4().hex[:8]}")
+    run("docker", "pause", stack.container("inventory-app"))
+    try:
+        with ThreadPoolExecutor(20) as pool:
+            gets = [pool.submit(timed, stack.http, "GET", f"/api/movies/{movie['id']}") for _ in range(20)]
+            # Once the hung upstream's share of threads is taken, the rest of the GETs are refused quickly.
+            wait_for(lambda: any(g.done() for g in gets), 10, interval=0.1, what="a GET to be refused")
+            order, order_took = timed(
+                stack.http, "POST", "/api/billing", {"user_id": 7, "number_of_items": 1, "total_amount": "1"}
+            )
+            health, health_took = timed(stack.http, "GET", "/health")
+            orders, orders_took = timed(stack.http, "GET", "/api/orders?limit=1")
+            answered = [g.result() for g in gets]
+    finally:
+        run("docker", "unpause", stack.container("inventory-app"))
+    print(f"\nwith inventory-app paused: POST {order_took:.2f}s, /health {health_took:.2f}s, orders {orders_took:.2f}s")
+    assert (order.status, orders.status) == (200, 200), (order.body, orders.body)
+    assert health.status == 503 and health.json()["checks"]["inventory-app"] == "down", health.body
+    assert max(order_took, health_took, orders_took) < 1.0
+    statuses = Counter(answer.status for answer, _ in answered)
+    # At most the bulkhead's size (threads - 2 = 6) waited for the read timeout (504); the others were refused.
+    assert set(statuses) <= {503, 504} and statuses[504] <= 6 and statuses[503] >= 14, statuses
+    refused = [(answer, took) for answer, took in answered if answer.status == 503]
+    assert all(took < 2.0 for _, took in refused), [round(took, 2) for _, took in refused]
+    assert all(answer.json()["error"] == "inventory-app is not answering; try again shortly" for answer, _ in refused)
+    stack.wait_healthy()
+    assert stack.http("GET", f"/api/movies/{movie['id']}").status == 200
+
+
+def test_a_stopped_upstream_is_reported_within_the_connect_and_resolve_deadlines(stack: Stack) -> None:
+    """On an internal network, the name of a stopped container takes about 10 s to fail to resolve."""
+    run("docker", "stop", stack.container("inventory-app"))
+    timings: list[tuple[int, float]] = []
+    try:
+
+        def refused_after_a_fresh_resolve() -> bool:
+            answer, took = timed(stack.http, "GET", "/api/movies?limit=1")
+            timings.append((answer.status, took))
+            return len([t for t in timings if t[0] == 502]) >= 3
+
+        # Names are resolved again every 5 s: within 30 s, several requests had to resolve the stopped name.
+        wait_for(refused_after_a_fresh_resolve, 30, interval=0.5, what="502s for a stopped upstream")
+    finally:
+        run("docker", "start", stack.container("inventory-app"))
+        stack.wait_healthy()
+    print(f"\nGET with inventory-app stopped: {[(s, round(t, 1)) for s, t in timings]}")
+    assert {status for status, _ in timings} <= {502, 504}
+    # connect timeout (2 s) + resolve deadline (2 s), never the resolver's own 10 s.
+    assert max(took for _, took in timings) < 5.0
+
+
+# --- the path goes to inventory-app exactly as the client wrote it -------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("GET", "/api/movies/%25{hex}"),  # %25 is "%": the gateway must not hand inventory-app "%3x..." to decode
+        ("DELETE", "/api/movies/%252F"),  # once decoded "%2F"; decoded twice it was "/": the collection
+        ("DELETE", "/api/movies/%2F"),  # a movie named "/" is not the collection
+        ("DELETE", "/api/movies//"),
+        ("DELETE", "/api//movies"),
+        ("GET", "/api/movies/%2E%2E"),
+        ("DELETE", "/api/movies/{id}/.."),
+        ("DELETE", "/api/movies/%2E%2E/"),
+    ],
+)
+def test_encoded_and_dotted_paths_name_no_other_resource(stack: Stack, method: str, path: str) -> None:
+    movie = new_movie(stack, f"path {uuid.uuid4().hex[:8]}")
+    digits = str(movie["id"])
+    target = path.format(hex=f"{ord(digits[0]):X}{digits[1:]}", id=digits)
+    answer = stack.http(method, target)
+    assert answer.status == 404, (target, answer.status, answer.body)
+    assert answer.headers["content-type"] == "application/json; charset=utf-8"
+    assert stack.http("GET", f"/api/movies/{movie['id']}").status == 200, "the movie is gone"
+    assert stack.http("GET", "/api/movies?limit=1").json() != [], "the collection is gone"
