@@ -11,7 +11,7 @@ from billing_app.consumer import DEFAULT_BATCH_SIZE, STATUS_FILE, Consumer, Cons
 from common import app_main
 from common.amqp import BrokerSettings
 from common.config import ConfigError, Env
-from common.db import DbSettings, Pool, wait_until_reachable
+from common.db import DbSettings, Pool
 
 
 def consumer() -> None:
@@ -31,7 +31,8 @@ def consumer() -> None:
     worker = Consumer(broker, pool, settings)
     signal.signal(signal.SIGTERM, worker.stop)
     signal.signal(signal.SIGINT, worker.stop)
-    wait_until_reachable(pool, worker.stopping)
+    # No wait for the database first: while it cannot be used, the consumer holds what it received
+    # (unacknowledged), retries, and reports why in /health.
     worker.run()
     pool.close()
 

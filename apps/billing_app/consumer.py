@@ -6,8 +6,12 @@
 - One batch is written by a writer thread while the next one is being received (the broker's
   channel is only ever used from the consumer's thread); a failed write is retried in the
   consumer's thread as below, before anything newer is stored.
-- An invalid message is rejected without requeue: the broker dead-letters it to billing_queue.dlq.
-- Database down: nothing is acknowledged, the batch is retried with backoff (heartbeats go on).
+- Only a message's own faults are dead-lettered (rejected without requeue: the broker moves it to
+  billing_queue.dlq): a message that cannot be read as a valid order, or an order whose row the
+  database refuses for its data (SQLSTATE classes 22 and 23), found by storing its batch one by one.
+- Any other database failure (unreachable, login refused, permissions, missing table, read-only,
+  timeouts, disk full...) is a store outage: nothing is acknowledged or dead-lettered, the write is
+  retried with backoff (heartbeats go on), and /health reports why until a write succeeds again.
 - Broker down: reconnect with backoff; unacknowledged messages are redelivered and deduplicated.
 """
 
@@ -32,7 +36,7 @@ from pg8000.exceptions import DatabaseError
 
 from billing_app.store import Order, insert_orders
 from common.amqp import BrokerSettings
-from common.db import DatabaseUnavailable, Pool
+from common.db import DatabaseUnavailable, Pool, describe, is_data_error
 from common.orders import InvalidOrder, normalise_order
 
 log = logging.getLogger(__name__)
@@ -41,6 +45,8 @@ STATUS_FILE = "/tmp/billing-consumer.json"  # noqa: S108
 Channel = pika.adapters.blocking_connection.BlockingChannel
 # Each batch costs a commit (a WAL flush) and an ack; 500 drained a backlog ~1.6 times as fast as 100.
 DEFAULT_BATCH_SIZE = 500
+# What a failed write may raise when the database, not the program, is at fault.
+_STORE_ERRORS = (DatabaseUnavailable, DatabaseError)
 
 
 @dataclass(frozen=True)
@@ -57,8 +63,34 @@ class _Delivery:
     order: Order
 
 
+class Backoff:
+    """Waits that double from ``first`` up to ``cap``, back to ``first`` after ``reset()``."""
+
+    def __init__(self, first: float, cap: float) -> None:
+        self.first = first
+        self.cap = cap
+        self._next = first
+
+    def next(self) -> float:
+        delay, self._next = self._next, min(self._next * 2, self.cap)
+        return delay
+
+    def reset(self) -> None:
+        self._next = self.first
+
+
 def parse_message(properties: pika.BasicProperties, body: bytes) -> Order:
-    """The order carried by a message, or InvalidOrder saying why it cannot be stored."""
+    """The order carried by a message, or InvalidOrder saying why it cannot be stored. Nothing
+    else is raised, whatever the message holds: one unreadable message must not stop the others."""
+    try:
+        return _read_order(properties, body)
+    except InvalidOrder:
+        raise
+    except Exception as exc:  # noqa: BLE001 - becomes the reason the message is dead-lettered
+        raise InvalidOrder(f"message cannot be read: {type(exc).__name__}: {exc}"[:500]) from None
+
+
+def _read_order(properties: pika.BasicProperties, body: bytes) -> Order:
     try:
         message_id = str(uuid.UUID(properties.message_id or ""))
     except ValueError:
@@ -87,18 +119,20 @@ class Consumer:
         self._writing: tuple[Future[int], list[_Delivery]] | None = None
         self._status_written = 0.0
         self._connected = False
+        self._store_error: str | None = None  # why the last write failed, until one succeeds
+        self._store_failing_since = 0.0
 
     # --- lifecycle ----------------------------------------------------------------------------
 
     def run(self) -> None:
-        delay = 0.5
+        backoff = Backoff(0.5, 10.0)
         while not self.stopping.is_set():
             started = time.monotonic()
             try:
                 self._consume()
             except _Abandon:
                 pass
-            except (pika.exceptions.AMQPError, DatabaseUnavailable) as exc:
+            except pika.exceptions.AMQPError as exc:
                 log.warning("consuming interrupted: %r", exc)
             self._set_connected(False)
             self._batch.clear()  # unacknowledged: the broker redelivers them (a write may still commit:
@@ -106,10 +140,10 @@ class Consumer:
             if self.stopping.is_set():
                 break
             if time.monotonic() - started > 30:
-                delay = 0.5
+                backoff.reset()
+            delay = backoff.next()
             log.info("reconnecting to the broker in %.1fs", delay)
             self.stopping.wait(delay)
-            delay = min(delay * 2, 10.0)
         self._writer.shutdown()
         log.info("consumer stopped")
 
@@ -143,8 +177,7 @@ class Consumer:
                 self._write_status()
             # Stopping: the batches in hand are finished, the rest goes back to the queue.
             self._settle_written(connection, channel, wait=True)
-            if self._batch:
-                self._store_and_ack(connection, channel)
+            self._store_and_ack(connection, channel)
             channel.basic_cancel(tag)
         finally:
             if self._writing is not None:  # the connection is lost: wait for the write, acknowledge nothing
@@ -174,14 +207,12 @@ class Consumer:
             return
         future, batch = self._writing
         self._writing = None
-        if future.exception() is None:
-            # Every tag up to this one is in ``batch`` or was rejected; newer deliveries have higher tags.
-            channel.basic_ack(batch[-1].tag, multiple=True)
-            new = future.result()
-            log.info("stored %d orders (%d already stored), acknowledged %d", new, len(batch) - new, len(batch))
+        error = future.exception()
+        if error is None:
+            self._acknowledge(channel, batch, future.result())
             return
-        if not isinstance(future.exception(), (DatabaseUnavailable, DatabaseError)):
-            raise future.exception()  # a bug: let the supervisor restart the consumer
+        if not isinstance(error, _STORE_ERRORS):
+            raise error  # a bug: let the supervisor restart the consumer
         self._batch = batch + self._batch
         self._store_and_ack(connection, channel)
 
@@ -196,69 +227,93 @@ class Consumer:
         try:
             order = parse_message(properties, body)
         except InvalidOrder as exc:
-            self._dead_letter(channel, method.delivery_tag, properties, str(exc))
+            self._dead_letter(channel, method.delivery_tag, properties.message_id, str(exc))
             return
         if not self._batch:
             self._first_at = time.monotonic()
         self._batch.append(_Delivery(method.delivery_tag, order))
 
     @staticmethod
-    def _dead_letter(channel: Channel, tag: int, properties: pika.BasicProperties, reason: str) -> None:
-        log.error("rejecting message %s to the dead-letter queue: %s", properties.message_id, reason)
+    def _dead_letter(channel: Channel, tag: int, message_id: str | None, reason: str) -> None:
+        log.error("rejecting message %s to the dead-letter queue: %s", message_id, reason)
         channel.basic_reject(tag, requeue=False)
 
-    def _store_and_ack(self, connection: pika.BlockingConnection, channel: Channel) -> None:
-        delay = 0.5
-        refused: list[_Delivery] = []  # dead-lettered: settled, never acknowledged
-        while True:
-            batch = list(self._batch)  # deliveries keep arriving while we wait for the database
-            try:
-                new = insert_orders(self.pool, [d.order for d in batch])
-                break
-            except DatabaseUnavailable as exc:
-                if self.stopping.is_set():
-                    log.warning("stopping with %d orders not stored; the broker keeps them", len(batch))
-                    raise _Abandon() from None
-                log.warning(
-                    "billing database unavailable (%s); %d orders held, retrying in %.1fs", exc, len(batch), delay
-                )
-                self._write_status()  # /health: the consumer is alive (and says the database is not)
-                connection.sleep(delay)  # keeps heartbeats going
-                delay = min(delay * 2, 5.0)
-            except DatabaseError as exc:
-                log.error("the database refused a batch (%s); storing its orders one by one", exc)
-                new, batch, refused = self._store_one_by_one(channel, batch)
-                break
-        if batch:
-            # Every tag up to this one is in ``batch`` or was rejected: later deliveries have higher tags.
-            channel.basic_ack(max(d.tag for d in batch), multiple=True)
-        settled = {d.tag for d in batch} | {d.tag for d in refused}
-        self._batch = [d for d in self._batch if d.tag not in settled]
-        if self._batch:
-            self._first_at = time.monotonic()
-        log.info("stored %d orders (%d already stored), acknowledged %d", new, len(batch) - new, len(batch))
+    def _acknowledge(self, channel: Channel, stored: list[_Delivery], new: int) -> None:
+        """Acknowledge ``stored``, committed: every unsettled delivery up to its last tag is in it
+        (newer deliveries have higher tags; the refused ones were rejected)."""
+        if stored:
+            channel.basic_ack(stored[-1].tag, multiple=True)
+        self._report_store_ok()
+        log.info("stored %d orders (%d already stored), acknowledged %d", new, len(stored) - new, len(stored))
 
-    def _store_one_by_one(
-        self, channel: Channel, batch: list[_Delivery]
-    ) -> tuple[int, list[_Delivery], list[_Delivery]]:
-        """Isolate the orders the database refuses (dead-lettered) from the good ones (stored).
-        Returns the number of new rows, the stored deliveries and the rejected ones."""
-        new, good, refused = 0, [], []
+    def _store_and_ack(self, connection: pika.BlockingConnection, channel: Channel) -> None:
+        """Store and acknowledge every delivery in hand, here in the consumer's thread. During a
+        store outage nothing is acknowledged: the write is retried with backoff, with the deliveries
+        that arrive meanwhile, until it succeeds (or the consumer stops: the broker keeps them)."""
+        backoff = Backoff(0.5, 5.0)
+        while self._batch:
+            batch = list(self._batch)
+            try:
+                new, stored = self._store(channel, batch)
+            except _STORE_ERRORS as exc:
+                if self.stopping.is_set():
+                    log.warning(
+                        "stopping with %d orders not stored (%s); the broker keeps them",
+                        len(self._batch),
+                        describe(exc),
+                    )
+                    raise _Abandon() from None
+                delay = backoff.next()
+                self._report_outage(exc, delay)
+                connection.sleep(delay)  # keeps heartbeats going; deliveries keep arriving
+                continue
+            self._acknowledge(channel, stored, new)
+            done = {d.tag for d in stored}
+            self._batch = [d for d in self._batch if d.tag not in done]
+
+    def _store(self, channel: Channel, batch: list[_Delivery]) -> tuple[int, list[_Delivery]]:
+        """Store ``batch``: the number of new rows, and the deliveries stored. If the database refuses
+        the batch for its data, its orders are stored one by one and the refused ones dead-lettered
+        (and dropped from the batch in hand). A store outage raises, whatever was done before."""
+        try:
+            return insert_orders(self.pool, [d.order for d in batch]), batch
+        except DatabaseError as exc:
+            if not is_data_error(exc):
+                raise
+            log.error("the database refused a batch (%s); storing its orders one by one", describe(exc))
+        new, stored = 0, []
         for delivery in batch:
             try:
                 new += insert_orders(self.pool, [delivery.order])
-                good.append(delivery)
+                stored.append(delivery)
             except DatabaseError as exc:
-                self._dead_letter(
-                    channel,
-                    delivery.tag,
-                    pika.BasicProperties(message_id=delivery.order.message_id),
-                    f"refused by the database: {exc}",
-                )
-                refused.append(delivery)
-        return new, good, refused
+                if not is_data_error(exc):
+                    raise
+                reason = f"refused by the database: {describe(exc)}"
+                self._dead_letter(channel, delivery.tag, delivery.order.message_id, reason)
+                self._batch.remove(delivery)
+        return new, stored
 
     # --- health -------------------------------------------------------------------------------
+
+    def _report_outage(self, exc: BaseException, delay: float) -> None:
+        if self._store_error is None:
+            self._store_failing_since = time.time()
+        self._store_error = describe(exc)
+        log.warning(
+            "billing database cannot store orders (%s); %d orders held unacknowledged, retrying in %.1fs",
+            self._store_error,
+            len(self._batch),
+            delay,
+        )
+        self._write_status(force=True)
+
+    def _report_store_ok(self) -> None:
+        if self._store_error is None:
+            return
+        log.info("billing database stores orders again, after %.0fs", time.time() - self._store_failing_since)
+        self._store_error = None
+        self._write_status(force=True)
 
     def _set_connected(self, connected: bool) -> None:
         self._connected = connected
@@ -270,9 +325,16 @@ class Consumer:
         if not force and now - self._status_written < 2:
             return
         self._status_written = now
+        status = {
+            "connected": self._connected,
+            "store_error": self._store_error,
+            "store_failing_since": self._store_failing_since if self._store_error else None,
+            "updated": now,
+            "pid": os.getpid(),
+        }
         tmp = f"{self.settings.status_file}.tmp"
         with open(tmp, "w", encoding="utf-8") as handle:
-            json.dump({"connected": self._connected, "updated": now, "pid": os.getpid()}, handle)
+            json.dump(status, handle)
         os.replace(tmp, self.settings.status_file)
 
 

@@ -1,16 +1,16 @@
 """A small thread-safe pool of pg8000 connections with explicit transactions.
 
 Broken connections are detected (network errors, server shutdown) and replaced; while the
-database is unreachable, callers get :class:`DatabaseUnavailable` quickly instead of hanging.
+database is unreachable or refuses to log the app in, callers get :class:`DatabaseUnavailable`
+quickly instead of hanging. Any other error the server reports is pg8000's ``DatabaseError``;
+:func:`is_data_error` tells the errors caused by the data of a statement from the others.
 """
 
 from __future__ import annotations
 
 import contextlib
-import logging
 import socket
 import threading
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -20,61 +20,58 @@ import pg8000.native
 from pg8000.exceptions import DatabaseError, InterfaceError
 
 from common.config import Env
-
-log = logging.getLogger(__name__)
+from common.net import ResolveError, resolve
 
 # SQLSTATE classes meaning "this connection or server cannot be used now":
 # 08 connection exception, 53 insufficient resources, 57 operator intervention (shutdown), 58 system error.
 _UNAVAILABLE_CLASSES = ("08", "53", "57", "58")
+# 57014 (query_canceled, e.g. statement_timeout) is in class 57, but the connection stays usable.
+_STATEMENT_TIMEOUT = "57014"
+# SQLSTATE classes caused by the data a statement carries: 22 data exception (a value out of range,
+# malformed), 23 integrity constraint violation (a CHECK, NOT NULL, UNIQUE...). The same statement with
+# the same data fails again; every other error (permissions, missing table, read-only, login,
+# serialization, timeouts, disk full...) is about the database, and may be gone on the next try.
+_DATA_CLASSES = ("22", "23")
 
 
 class DatabaseUnavailable(Exception):
-    """The database cannot be reached or is shutting down; the operation was not done."""
+    """The database cannot do the operation now (unreachable, shutting down, refusing the login,
+    out of time); the operation was not done."""
 
 
-# Name lookups in flight at most; beyond that, callers fail fast rather than start more threads.
-_LOOKUPS = threading.BoundedSemaphore(64)
+class StatementTimeout(DatabaseUnavailable):
+    """A statement ran longer than the statement timeout (or was cancelled) and was rolled back;
+    the connection itself is fine."""
 
 
-def resolve(host: str, port: int, timeout: float) -> list[tuple[str, int]]:
-    """The addresses of ``host``, or DatabaseUnavailable within ``timeout`` seconds.
-
-    The system resolver has no deadline of its own: on a Docker network with ``internal: true``,
-    the name of a stopped container takes ~10 s to fail (the embedded DNS server tries to forward
-    it upstream). So the lookup runs in a daemon thread, abandoned when the deadline passes.
-    """
-    if not _LOOKUPS.acquire(blocking=False):
-        raise DatabaseUnavailable(f"cannot resolve {host}: too many lookups are hanging")
-    answer: list[list[tuple[str, int]] | OSError] = []
-    done = threading.Event()
-
-    def lookup() -> None:
-        try:
-            infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-            answer.append([(str(info[4][0]), port) for info in infos])
-        except OSError as exc:
-            answer.append(exc)
-        finally:
-            _LOOKUPS.release()
-            done.set()
-
-    threading.Thread(target=lookup, name=f"resolve {host}", daemon=True).start()
-    if not done.wait(timeout):
-        raise DatabaseUnavailable(f"cannot resolve {host}: no answer within {timeout:g}s")
-    if isinstance(answer[0], OSError):
-        raise DatabaseUnavailable(f"cannot resolve {host}: {answer[0]}")
-    return answer[0]
+def _fields(exc: BaseException) -> dict[str, Any]:
+    """The fields of an error the server reported (pg8000 passes them as a dict: C, M, S...)."""
+    return exc.args[0] if exc.args and isinstance(exc.args[0], dict) else {}
 
 
-def sqlstate(exc: DatabaseError) -> str:
-    details = exc.args[0] if exc.args and isinstance(exc.args[0], dict) else {}
-    return str(details.get("C", ""))
+def sqlstate(exc: BaseException) -> str:
+    return str(_fields(exc).get("C", ""))
+
+
+def describe(exc: BaseException) -> str:
+    """One line for logs and /health: the server's message and SQLSTATE, else the exception's text."""
+    fields = _fields(exc)
+    if "M" in fields:
+        return f"{fields['M']} (SQLSTATE {fields.get('C', '?')})"
+    return str(exc) or type(exc).__name__
+
+
+def is_data_error(exc: BaseException) -> bool:
+    """The server refused the data of the statement (SQLSTATE class 22 or 23): retrying the same
+    statement cannot help. False for every other error, which is about the database, not the data."""
+    return isinstance(exc, DatabaseError) and sqlstate(exc).startswith(_DATA_CLASSES)
 
 
 def _connection_lost(exc: BaseException) -> bool:
     """The connection cannot be used any more: a network error, or the server says so."""
     if isinstance(exc, DatabaseError):
-        return sqlstate(exc).startswith(_UNAVAILABLE_CLASSES)
+        state = sqlstate(exc)
+        return state.startswith(_UNAVAILABLE_CLASSES) and state != _STATEMENT_TIMEOUT
     return isinstance(exc, (InterfaceError, OSError))
 
 
@@ -115,9 +112,13 @@ class Pool:
         s = self._settings
         sock: socket.socket | None = None
         error: OSError | None = None
-        for address in resolve(s.host, s.port, s.connect_timeout):
+        try:
+            addresses = resolve(s.host, s.port, s.connect_timeout)
+        except ResolveError as exc:
+            raise DatabaseUnavailable(str(exc)) from None
+        for address in addresses:
             try:
-                sock = socket.create_connection(address, timeout=s.connect_timeout)
+                sock = socket.create_connection((address, s.port), timeout=s.connect_timeout)
                 break
             except OSError as exc:
                 error = exc
@@ -141,10 +142,10 @@ class Pool:
             sock.close()
             raise DatabaseUnavailable(f"cannot connect to {s.host}:{s.port}: {exc}") from None
         except DatabaseError as exc:
+            # Refused before any statement ran (wrong password, unknown role or database, too many
+            # connections, starting up): the same call may succeed once the cause is gone.
             sock.close()
-            if sqlstate(exc).startswith(_UNAVAILABLE_CLASSES):
-                raise DatabaseUnavailable(f"database refuses connections: {exc}") from None
-            raise
+            raise DatabaseUnavailable(f"cannot log in to {s.host}:{s.port} as {s.user}: {describe(exc)}") from None
 
     def _take(self) -> tuple[pg8000.native.Connection, bool]:
         with self._lock:
@@ -166,27 +167,30 @@ class Pool:
     ) -> NoReturn:
         """Re-raise ``exc``, raised while ``conn`` was in use, once the connection's fate is settled.
         An error the server reported leaves the protocol in step: ``keep`` it (give it back, or roll
-        back first). A lost connection is closed and becomes DatabaseUnavailable. Anything else (e.g.
-        a parameter pg8000 could not encode after the query was sent) leaves the protocol state
-        unknown: the connection is closed (the server rolls back) rather than handed to the next caller."""
+        back first); a statement timeout then becomes StatementTimeout. A lost connection is closed
+        and becomes DatabaseUnavailable. Anything else (e.g. a parameter pg8000 could not encode after
+        the query was sent) leaves the protocol state unknown: the connection is closed (the server
+        rolls back) rather than handed to the next caller."""
         if isinstance(exc, DatabaseError) and not _connection_lost(exc):
             keep(conn)
+            if sqlstate(exc) == _STATEMENT_TIMEOUT:
+                raise StatementTimeout(describe(exc)) from None
             raise exc
         self._discard(conn)
         if _connection_lost(exc):
-            raise DatabaseUnavailable(str(exc)) from None
+            raise DatabaseUnavailable(describe(exc)) from None
         raise exc
 
     def _run_first(self, sql: str, **params: Any) -> tuple[pg8000.native.Connection, list[Any]]:
         """A connection and the result of its first statement. A reused connection that turns out
-        dead (e.g. the server restarted) is replaced once: the statement did not reach the server."""
+        dead (e.g. the server restarted) is replaced once: the statement did not reach the server.
+        A statement that timed out is not a lost connection, so it is never run a second time
+        (that would only double the wait)."""
         conn, reused = self._take()
         try:
             return conn, conn.run(sql, **params)
         except BaseException as exc:  # noqa: BLE001 - re-raised by _fail unless retried
-            # 57014: the statement itself ran out of time; running it again would only double the wait.
-            timed_out = isinstance(exc, DatabaseError) and sqlstate(exc) == "57014"
-            if not (reused and _connection_lost(exc)) or timed_out:
+            if not (reused and _connection_lost(exc)):
                 self._fail(conn, exc, self._give_back)
             self._discard(conn)
         conn = self._connect()
@@ -246,14 +250,8 @@ class Pool:
             self._discard(conn)
 
 
-def wait_until_reachable(pool: Pool, stop: threading.Event | None = None, max_delay: float = 5.0) -> None:
-    """Block until the database answers, retrying with backoff (used at start-up)."""
-    delay = 0.2
-    while stop is None or not stop.is_set():
-        try:
-            pool.ping()
-            return
-        except DatabaseUnavailable as exc:
-            log.warning("database not reachable yet (%s); retrying in %.1fs", exc, delay)
-            time.sleep(delay)
-            delay = min(delay * 2, max_delay)
+# How the HTTP apps answer database failures (see common.web.JsonApp); subclasses first.
+HTTP_ERRORS = (
+    (StatementTimeout, 504, "the database did not answer within the statement timeout"),
+    (DatabaseUnavailable, 503, "database unavailable, try again shortly"),
+)

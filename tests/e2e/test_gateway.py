@@ -447,7 +447,11 @@ def test_orders_are_answered_by_billing_app_unchanged(stack: Stack) -> None:
     queued = stack.http("POST", "/api/billing", {"user_id": 31, "number_of_items": 1, "total_amount": "5"})
     assert queued.status == 200
     message_id = queued.json()["message_id"]
-    wait_for(lambda: message_id in stack.http("GET", "/api/orders").body.decode(), 60, what="the order to be stored")
+    wait_for(
+        lambda: message_id in stack.http("GET", "/api/orders?user_id=31&limit=1000").body.decode(),
+        60,
+        what="the order to be stored",
+    )
     for path, status in (
         ("/api/orders", 200),
         ("/api/orders/", 200),
