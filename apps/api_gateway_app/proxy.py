@@ -227,6 +227,13 @@ class _Connection:
                 raise BadResponse("chunk not followed by CRLF")
 
 
+def _readable(sock: socket.socket) -> bool:
+    """Whether ``sock`` has data or an end of stream waiting; poll(), since select() stops at fd 1023."""
+    poller = select.poll()
+    poller.register(sock, select.POLLIN)
+    return bool(poller.poll(0))
+
+
 class Upstream:
     def __init__(self, name: str, url: str, connect_timeout: float, read_timeout: float, max_in_flight: int) -> None:
         parts = urlsplit(url)
@@ -268,7 +275,7 @@ class Upstream:
             return None
         now = time.monotonic()
         # A readable idle socket means the upstream closed it (or sent garbage): don't reuse.
-        if now - conn.used > _MAX_IDLE or now - conn.opened > _MAX_AGE or select.select([conn.sock], [], [], 0)[0]:
+        if now - conn.used > _MAX_IDLE or now - conn.opened > _MAX_AGE or _readable(conn.sock):
             self._drop(conn)
             return None
         return conn

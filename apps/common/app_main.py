@@ -20,13 +20,23 @@ class HttpSettings:
     port: int
     threads: int
     max_body_bytes: int
+    limits: server.Limits
 
     @classmethod
     def from_env(cls, env: Env, default_port: int = 8080) -> HttpSettings:
+        default = server.Limits()
+        total = env.int("MAX_CONNECTIONS", default.total, 1, 100_000)
+        limits = server.Limits(
+            total=total,
+            per_client=env.int("MAX_CONNECTIONS_PER_CLIENT", min(default.per_client, total), 1, total),
+            request_timeout=env.int("REQUEST_TIMEOUT", default.request_timeout, 1, 3600),
+            idle_timeout=env.int("IDLE_TIMEOUT", default.idle_timeout, 1, 3600),
+        )
         return cls(
             port=env.int("HTTP_PORT", default_port, 1, 65535),
             threads=env.int("HTTP_THREADS", 8, 1, 256),
             max_body_bytes=env.int("MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES, 1024, 16 * 1024 * 1024),
+            limits=limits,
         )
 
 
@@ -44,10 +54,9 @@ def serve_http(app: Any, http: HttpSettings, behind_gateway: bool = False) -> No
         app,
         port=http.port,
         threads=http.threads,
-        # waitress refuses (plain text) what is far above our limit; the app answers 413 JSON below it.
+        # waitress refuses what is far above our limit (JSON too, see server.py); the app answers 413 below it.
         max_request_body_size=max(16 * 1024 * 1024, http.max_body_bytes * 4),
-        channel_timeout=60,
-        connection_limit=1000,
+        limits=http.limits,
         **forwarded,
     )
 
