@@ -446,7 +446,10 @@ def document(max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> dict[str, Any]:
             "405 with an `Allow` header. An empty query parameter (`?limit=`) counts as absent. Each answer "
             "carries an `X-Request-ID` header: the client's own when it is 1 to 128 letters, digits or `._:-`, "
             "a new one otherwise. The gateway forwards it to inventory-app "
-            "and stores it with each order, so one id traces a request through every log.",
+            "and stores it with each order, so one id traces a request through every log. "
+            "Any request may also be refused before it reaches a route, in the same error shape: 503 beyond "
+            "2048 open connections (256 per client address), 408 when its head and body take more than 10 s "
+            "to arrive, 400/431/413 for a malformed request line or headers, oversized headers or body.",
         },
         "servers": [{"url": "http://localhost:3000"}],
         "tags": [
