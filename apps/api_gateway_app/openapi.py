@@ -7,6 +7,7 @@ from typing import Any
 
 from common.app_main import DEFAULT_MAX_BODY_BYTES
 from common.numbers import INT_MAX as _INT_MAX
+from common.server import Limits
 from common.web import PAGE_DEFAULT, PAGE_MAX
 
 _JSON = "application/json"
@@ -15,6 +16,7 @@ _JSON = "application/json"
 _TITLE = "play-with-containers API"
 _VERSION = "1.0.0"
 _RID = "3f2c9a1e0b7d4c55a1e2f3b4c5d6e7f8"
+_LIMITS = Limits()  # the defaults
 
 # Exact patterns of what common/orders.py accepts in a numeric string, so that the document and the
 # validation agree value for value (checked by schemathesis in tests/e2e/test_failures.py).
@@ -448,8 +450,9 @@ def document(max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> dict[str, Any]:
             "a new one otherwise. The gateway forwards it to inventory-app "
             "and stores it with each order, so one id traces a request through every log. "
             "Any request may also be refused before it reaches a route, in the same error shape: 503 beyond "
-            "2048 open connections (256 per client address), 408 when its head and body take more than 10 s "
-            "to arrive, 400/431/413 for a malformed request line or headers, oversized headers or body.",
+            f"{_LIMITS.total} open connections ({_LIMITS.per_client} per client address), 408 when its head and "
+            f"body take more than {_LIMITS.request_timeout} s to arrive, 400/431/413 for a malformed request "
+            "line or headers, oversized headers or body.",
         },
         "servers": [{"url": "http://localhost:3000"}],
         "tags": [
