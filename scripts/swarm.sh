@@ -40,7 +40,8 @@ usage() {
 }
 
 # Reads NAME=value lines of the env file into the environment (the file is data, never sourced).
-# Every variable of .env.example must have a value: all missing ones are named at once.
+# Every variable of .env.example must have a value (but Compose's own, which a swarm does not read):
+# all missing ones are named at once.
 load_env() {
 	local line name value missing=()
 	[[ -f "$ENV_FILE" ]] || die "$ENV_FILE not found: copy .env.example to .env and fill it in (or run scripts/up.sh once)"
@@ -56,7 +57,7 @@ load_env() {
 	done <"$ENV_FILE"
 	while IFS= read -r name; do
 		[[ -n "${!name:-}" ]] || missing+=("$name")
-	done < <(grep -Eo '^[A-Z_]+=' .env.example | tr -d '=')
+	done < <(grep -Eo '^[A-Z_]+=' .env.example | tr -d '=' | grep -v '^COMPOSE_')
 	((${#missing[@]} == 0)) || die "$ENV_FILE lacks values for: ${missing[*]} (see .env.example)"
 }
 

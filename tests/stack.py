@@ -56,15 +56,18 @@ def request_body(body: Any, headers: dict[str, str] | None, raw: bytes | None) -
 class Stack:
     env_file: Path
     env: dict[str, str] = field(default_factory=dict)
+    # Another project than the session's (e.g. tests/e2e/test_compose_v1.py): its prefix, port, compose command.
+    project: str = PROJECT
+    port: int = PORT
+    compose_command: tuple[str, ...] = ("docker", "compose")
 
     # --- compose and docker -----------------------------------------------------------------
 
     def compose(self, *args: str, check: bool = True, timeout: float = 900) -> subprocess.CompletedProcess[str]:
         return run(
-            "docker",
-            "compose",
+            *self.compose_command,
             "-p",
-            PROJECT,
+            self.project,
             "--env-file",
             str(self.env_file),
             "-f",
@@ -76,9 +79,8 @@ class Stack:
             timeout=timeout,
         )
 
-    @staticmethod
-    def container(service: str) -> str:
-        return PREFIX + service
+    def container(self, service: str) -> str:
+        return f"{self.project}-{service}"
 
     def inspect(self, service: str, template: str) -> str:
         return run("docker", "inspect", "-f", template, self.container(service)).stdout.strip()
@@ -142,7 +144,7 @@ class Stack:
     ) -> Response:
         data, all_headers = request_body(body, headers, raw)
         request = urllib.request.Request(
-            f"http://127.0.0.1:{PORT}{path}", data=data, method=method, headers=all_headers
+            f"http://127.0.0.1:{self.port}{path}", data=data, method=method, headers=all_headers
         )
         try:
             with urllib.request.urlopen(request, timeout=timeout) as answer:
@@ -201,6 +203,8 @@ def make_env_file(path: Path, prefix: str = PROJECT, port: int = PORT) -> dict[s
             env[name] = value or secrets.token_hex(16)
     env["GATEWAY_PORT"] = str(port)
     env["TEST_PREFIX"] = prefix
+    # Also the project name: a compose command given this file without -p still never touches a user's stack.
+    env["COMPOSE_PROJECT_NAME"] = prefix
     path.write_text("".join(f"{k}={v}\n" for k, v in env.items()))
     path.chmod(0o600)
     return env
