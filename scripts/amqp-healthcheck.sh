@@ -1,14 +1,20 @@
 #!/usr/bin/env bash
-# Docker healthcheck of rabbit-queue: cheap AMQP 0-9-1 handshake, no Erlang VM started.
-# Sends the protocol header and expects a method frame (Connection.Start) back.
+# Docker healthcheck of rabbit-queue, cheap (no Erlang VM started):
+# 1. the users not configured have been deleted in this container (the marker of broker-bootstrap.sh prune-users);
+# 2. AMQP 0-9-1 handshake: sends the protocol header and expects a method frame (Connection.Start) back.
 set -Eeuo pipefail
 export LC_ALL=C
 
 readonly HOST=127.0.0.1 PORT=5672 TIMEOUT_SECONDS=2
 readonly FRAME_METHOD=$'\x01'
+readonly USERS_PRUNED_MARKER="${RABBITMQ_USERS_PRUNED_MARKER:?set in the image}"
 
 main() {
 	local frame_type=""
+	if [[ ! -e "$USERS_PRUNED_MARKER" ]]; then
+		printf 'error: broker users not pruned yet (prune-users program; see docker logs)\n' >&2
+		exit 1
+	fi
 	# bash's own "Connection refused" messages are replaced by one error line.
 	{ exec 3<>"/dev/tcp/$HOST/$PORT"; } 2>/dev/null || {
 		printf 'error: nothing listens on %s:%s\n' "$HOST" "$PORT" >&2

@@ -1,14 +1,21 @@
 #!/usr/bin/env bash
-# Entrypoint of the RabbitMQ program (run by supervisord as the rabbitmq user).
-# 1. reads the broker users and topology from the environment (passwords also as *_FILE, Docker secrets);
-# 2. writes the definitions file that rabbitmq.conf imports at every boot (load_definitions), so users,
-#    permissions, exchanges and queues always match .env; importing is idempotent for the topology;
-# 3. execs the RabbitMQ server in the foreground.
+# The broker's two supervisor programs (run as the rabbitmq user), both reading the broker users and
+# topology from the environment (passwords also as *_FILE, Docker secrets):
+#   broker-bootstrap.sh [server] -> writes the definitions file that rabbitmq.conf imports at every boot
+#       (load_definitions), so users, their passwords, permissions, exchanges and queues match .env;
+#       importing is idempotent; then execs the RabbitMQ server in the foreground.
+#   broker-bootstrap.sh prune-users -> once the broker is up, deletes every user .env does not name (the
+#       import adds and updates users, never removes one), then leaves the marker amqp-healthcheck.sh requires.
 set -Eeuo pipefail
 
 readonly DEFINITIONS_FILE="${RABBITMQ_DEFINITIONS_FILE:-/var/lib/rabbitmq/definitions.json}"
 # The real server script: /usr/sbin/rabbitmq-server is Debian's wrapper, which redirects output to files.
 readonly RABBITMQ_SERVER=/usr/lib/rabbitmq/bin/rabbitmq-server
+# Present once prune-users has succeeded in this container (/tmp is per container); set in the Dockerfile.
+readonly USERS_PRUNED_MARKER="${RABBITMQ_USERS_PRUNED_MARKER:?set in the image}"
+readonly AMQP_PORT=5672 BOOT_TIMEOUT_SECONDS=300
+
+log() { printf 'broker-bootstrap: %s\n' "$*"; }
 
 error() {
 	printf 'error: %s\n' "$*" >&2
@@ -95,12 +102,54 @@ write_definitions() {
 	PY
 }
 
-main() {
-	load_environment
+start_server() {
 	write_definitions
 	# The broker does not need the passwords: keep them out of its environment.
 	unset RABBITMQ_GATEWAY_PASSWORD RABBITMQ_BILLING_PASSWORD
-	exec "$RABBITMQ_SERVER" "$@"
+	exec "$RABBITMQ_SERVER"
+}
+
+# The broker's AMQP port opens at the end of its boot. Polled with bash's /dev/tcp: each rabbitmqctl
+# call starts an Erlang VM (~0.5 CPU-s), and fails at once while the node is not up.
+wait_for_broker() {
+	local deadline=$((SECONDS + BOOT_TIMEOUT_SECONDS))
+	until { exec 3<>"/dev/tcp/127.0.0.1/$AMQP_PORT"; } 2>/dev/null; do
+		if ((SECONDS >= deadline)); then
+			printf 'error: the broker did not open port %s within %ss\n' "$AMQP_PORT" "$BOOT_TIMEOUT_SECONDS" >&2
+			return 1
+		fi
+		sleep 1
+	done
+	exec 3>&-
+	rabbitmqctl --quiet await_startup --timeout "$BOOT_TIMEOUT_SECONDS" >/dev/null
+}
+
+# A user renamed in .env would otherwise keep its old password and permissions forever.
+prune_users() {
+	local users user
+	rm -f "$USERS_PRUNED_MARKER"
+	unset RABBITMQ_GATEWAY_PASSWORD RABBITMQ_BILLING_PASSWORD
+	# Any failure below: said in docker logs, and no marker, so the container does not turn healthy.
+	trap 'printf "error: broker users not pruned; the container stays unhealthy until it is restarted\n" >&2' ERR
+	wait_for_broker
+	users="$(rabbitmqctl --silent list_users)"
+	while IFS=$'\t' read -r user _; do
+		if [[ -n "$user" && "$user" != "$RABBITMQ_GATEWAY_USER" && "$user" != "$RABBITMQ_BILLING_USER" ]]; then
+			rabbitmqctl --quiet delete_user "$user"
+			log "deleted broker user $user (not RABBITMQ_GATEWAY_USER or RABBITMQ_BILLING_USER)"
+		fi
+	done <<<"$users"
+	: >"$USERS_PRUNED_MARKER"
+	log "broker users: $RABBITMQ_GATEWAY_USER, $RABBITMQ_BILLING_USER"
+}
+
+main() {
+	load_environment
+	case "${1:-server}" in
+		server) start_server ;;
+		prune-users) prune_users ;;
+		*) error "unknown command $1 (server or prune-users)" ;;
+	esac
 }
 
 main "$@"

@@ -2,8 +2,10 @@
 # Entrypoint of the PostgreSQL images (inventory-db, billing-db), run by supervisor as postgres.
 #   empty volume    -> initdb, create the owner role, the application role and the database,
 #                      apply /etc/postgresql/schema.sql, grant the application role its rights
-#   existing volume -> change nothing
+#   existing volume -> maintenance before any client can connect: the application role's password
+#                      is set from APP_DB_PASSWORD (so a password changed in .env takes effect)
 # then exec the postgres server with /etc/postgresql/postgresql.conf.
+# Database and role names are fixed when the volume is initialised; passwords follow the settings.
 # Settings: APP_DB_NAME, APP_DB_USER, APP_DB_PASSWORD, each also as *_FILE (Docker secrets).
 set -Eeuo pipefail
 
@@ -40,14 +42,15 @@ load_settings() {
 	[[ "$APP_DB_USER" != postgres ]] || die "APP_DB_USER must not be the superuser postgres"
 }
 
-# Data directory of the temporary initialisation server while it runs (for stop_leftover_server).
+# Data directory of the temporary server while it runs (for stop_leftover_server).
 temp_server_dir=""
 
 start_temporary_server() {
 	temp_server_dir="$1"
-	# Unix socket only: nobody can connect over the network before initialisation is complete.
-	# No failing statement in the log: it could be the CREATE ROLE carrying the password.
-	"$PG_BIN/pg_ctl" --pgdata="$temp_server_dir" --wait --timeout=60 --silent \
+	# Unix socket only: nobody can connect over the network before initialisation or maintenance is complete.
+	# No failing statement in the log: it could be the CREATE ROLE or ALTER ROLE carrying the password.
+	# The timeout leaves room for crash recovery, which happens here after the container was killed.
+	"$PG_BIN/pg_ctl" --pgdata="$temp_server_dir" --wait --timeout=300 --silent \
 		--options="-c listen_addresses='' -c unix_socket_directories=$SOCKET_DIR -c log_min_error_statement=panic" start
 }
 
@@ -56,20 +59,23 @@ stop_temporary_server() {
 	temp_server_dir=""
 }
 
-# EXIT trap: a failed initialisation must not leave a server holding the socket for the next attempt.
+# EXIT trap: a failed initialisation or maintenance must not leave a server holding the socket for the next attempt.
 stop_leftover_server() {
 	if [[ -n "$temp_server_dir" ]]; then
 		stop_temporary_server || true
 	fi
 }
 
-# Runs as the postgres superuser over the socket. The password goes through the environment
-# (\getenv), never through a command line.
-create_database() {
+# psql as the postgres superuser over the socket of the temporary server, with the settings as
+# variables (:db, :owner, :app). Passwords go through the environment (\getenv), never a command line.
+temp_psql() {
 	"$PG_BIN/psql" --no-psqlrc --quiet --set=ON_ERROR_STOP=1 --host="$SOCKET_DIR" \
 		--username=postgres --dbname=postgres \
-		--set=db="$APP_DB_NAME" --set=owner="${APP_DB_NAME}_owner" --set=app="$APP_DB_USER" \
-		--set=schema_file="$SCHEMA_FILE" <<-'SQL'
+		--set=db="$APP_DB_NAME" --set=owner="${APP_DB_NAME}_owner" --set=app="$APP_DB_USER" "$@"
+}
+
+create_database() {
+	temp_psql --set=schema_file="$SCHEMA_FILE" <<-'SQL'
 	\getenv app_password APP_DB_PASSWORD
 	CREATE ROLE :"owner" NOLOGIN;
 	CREATE ROLE :"app" LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE PASSWORD :'app_password';
@@ -104,6 +110,42 @@ initialise() {
 	log "initialisation complete"
 }
 
+# A volume initialised with other names: say so, rather than start a server that refuses every login.
+check_names_exist() {
+	local found role_found db_found
+	local fixed="names are fixed when the volume is initialised: set the original name back,"
+	fixed+=" or start afresh with docker compose down -v (deletes the data)"
+	found="$(temp_psql --tuples-only --no-align --field-separator=' ' <<-'SQL'
+	SELECT EXISTS (SELECT FROM pg_roles WHERE rolname = :'app'), EXISTS (SELECT FROM pg_database WHERE datname = :'db');
+	SQL
+	)"
+	read -r role_found db_found <<<"$found"
+	[[ "$role_found" == t ]] || die "role \"$APP_DB_USER\" (APP_DB_USER) does not exist in this volume; $fixed"
+	[[ "$db_found" == t ]] || die "database \"$APP_DB_NAME\" (APP_DB_NAME) does not exist in this volume; $fixed"
+}
+
+# The role's password follows APP_DB_PASSWORD, so changing it in .env is enough.
+set_app_password() {
+	temp_psql <<-'SQL'
+	\getenv app_password APP_DB_PASSWORD
+	ALTER ROLE :"app" PASSWORD :'app_password';
+	SQL
+}
+
+# Run at every start of an existing volume, while only the local socket is open. Each step is idempotent.
+maintenance_steps() {
+	check_names_exist
+	set_app_password
+}
+
+maintain() {
+	local pgdata="$1"
+	start_temporary_server "$pgdata"
+	maintenance_steps
+	stop_temporary_server
+	log "maintenance complete: password of role $APP_DB_USER set from APP_DB_PASSWORD"
+}
+
 # After a kill -9 of the container, postmaster.pid stays in the volume. In the new container's PID
 # namespace its PID may belong to another live process (supervisord, a healthcheck), and the server
 # then refuses to start ("lock file already exists") until PIDs happen to differ: supervisor gives up,
@@ -128,8 +170,9 @@ main() {
 	# "skipping missing configuration file" on an empty volume.
 	pgdata="$("$PG_BIN/postgres" -c config_file="$CONFIG_FILE" -c log_min_messages=fatal -C data_directory)"
 	if [[ -s "$pgdata/PG_VERSION" ]]; then
-		log "database already initialised, starting"
+		log "database already initialised"
 		remove_stale_pid_file "$pgdata"
+		maintain "$pgdata"
 	elif [[ -e "$pgdata" && -n "$(ls -A "$pgdata")" ]]; then
 		die "$pgdata is not empty but holds no database (no PG_VERSION); refusing to touch it"
 	else

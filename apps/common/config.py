@@ -30,7 +30,8 @@ class Env:
             return None
         if path is not None:
             try:
-                with open(path, encoding="utf-8") as handle:
+                # newline="": the bytes as they are (no \r -> \n translation), like the shell bootstraps.
+                with open(path, encoding="utf-8", newline="") as handle:
                     return handle.read().rstrip("\r\n") or None
             except OSError as exc:
                 self._invalid.append(f"{name}_FILE={path} cannot be read ({exc.strerror})")
