@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Entrypoint of the PostgreSQL images (inventory-db, billing-db), run by supervisor as postgres.
 #   empty volume    -> initdb, create the owner role, the application role and the database,
-#                      apply /etc/postgresql/schema.sql, grant the application role its rights
+#                      with the application role's rights on every table to come
 #   existing volume -> maintenance before any client can connect: the application role's password
 #                      is set from APP_DB_PASSWORD (so a password changed in .env takes effect)
+#   both            -> the schema migrations not yet applied are applied, in order (see apply_migrations)
 # then exec the postgres server with /etc/postgresql/postgresql.conf.
 # Database and role names are fixed when the volume is initialised; passwords follow the settings.
 # Settings: APP_DB_NAME, APP_DB_USER, APP_DB_PASSWORD, each also as *_FILE (Docker secrets).
@@ -11,7 +12,7 @@ set -Eeuo pipefail
 
 readonly PG_BIN=/usr/lib/postgresql/15/bin
 readonly CONFIG_FILE=/etc/postgresql/postgresql.conf
-readonly SCHEMA_FILE=/etc/postgresql/schema.sql
+readonly MIGRATIONS_DIR=/etc/postgresql/migrations
 readonly SOCKET_DIR=/run/postgresql
 
 log() { printf 'db-bootstrap: %s\n' "$*"; }
@@ -66,16 +67,20 @@ stop_leftover_server() {
 	fi
 }
 
-# psql as the postgres superuser over the socket of the temporary server, with the settings as
-# variables (:db, :owner, :app). Passwords go through the environment (\getenv), never a command line.
-temp_psql() {
+# psql as the postgres superuser over the socket of the temporary server, in database $1, with the
+# settings as variables (:db, :owner, :app). Passwords go through the environment (\getenv), never a command line.
+psql_in() {
+	local database="$1"
+	shift
 	"$PG_BIN/psql" --no-psqlrc --quiet --set=ON_ERROR_STOP=1 --host="$SOCKET_DIR" \
-		--username=postgres --dbname=postgres \
+		--username=postgres --dbname="$database" \
 		--set=db="$APP_DB_NAME" --set=owner="${APP_DB_NAME}_owner" --set=app="$APP_DB_USER" "$@"
 }
 
+temp_psql() { psql_in postgres "$@"; }
+
 create_database() {
-	temp_psql --set=schema_file="$SCHEMA_FILE" <<-'SQL'
+	temp_psql <<-'SQL'
 	\getenv app_password APP_DB_PASSWORD
 	CREATE ROLE :"owner" NOLOGIN;
 	CREATE ROLE :"app" LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE PASSWORD :'app_password';
@@ -84,11 +89,9 @@ create_database() {
 	GRANT CONNECT ON DATABASE :"db" TO :"app";
 
 	\connect :"db"
-	-- Tables belong to the owner role, so the application role cannot drop or alter them.
+	-- Tables belong to the owner role (the migrations run as it), so the application role cannot drop or
+	-- alter them; it may read and write every table and sequence the owner creates.
 	SET ROLE :"owner";
-	\i :schema_file
-	GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO :"app";
-	GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA public TO :"app";
 	ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT SELECT, INSERT, UPDATE, DELETE ON TABLES TO :"app";
 	ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT USAGE, SELECT ON SEQUENCES TO :"app";
 	SQL
@@ -104,6 +107,7 @@ initialise() {
 		--encoding=UTF8 --locale=C.UTF-8 >/dev/null
 	start_temporary_server "$tmp"
 	create_database
+	apply_migrations
 	stop_temporary_server
 	# -T: replace an empty $pgdata directory instead of moving into it.
 	mv -T "$tmp" "$pgdata"
@@ -132,10 +136,52 @@ set_app_password() {
 	SQL
 }
 
+# Schema changes are versioned files, $MIGRATIONS_DIR/NNN_description.sql (config/<db>/migrations/ in the
+# repository), applied in order: each once, in its own transaction, as the owner role, and recorded in
+# schema_migrations with its SHA-256. A migration that fails is rolled back and stops the start, naming its
+# file; an applied migration whose file has changed since is refused (the change belongs in a new one).
+apply_migrations() {
+	local file name checksum recorded applied=()
+	psql_in "$APP_DB_NAME" <<-'SQL'
+	SET ROLE :"owner";
+	CREATE TABLE IF NOT EXISTS schema_migrations (
+	    name       text PRIMARY KEY,
+	    checksum   text NOT NULL,
+	    applied_at timestamptz NOT NULL DEFAULT now()
+	);
+	-- The apps use their tables, never this one.
+	REVOKE ALL ON schema_migrations FROM :"app";
+	SQL
+	for file in "$MIGRATIONS_DIR"/*.sql; do
+		name="$(basename "$file")"
+		[[ "$name" =~ ^[0-9]{3}_[a-z0-9_]+\.sql$ ]] \
+			|| die "migration $name: the file name must be NNN_description.sql (3 digits, then a-z, 0-9, _)"
+		checksum="$(sha256sum "$file" | cut -d' ' -f1)"
+		recorded="$(psql_in "$APP_DB_NAME" --tuples-only --no-align --set=name="$name" <<-'SQL'
+		SELECT checksum FROM schema_migrations WHERE name = :'name';
+		SQL
+		)"
+		if [[ -n "$recorded" ]]; then
+			[[ "$recorded" == "$checksum" ]] || die "migration $name was applied with SHA-256 $recorded, but the" \
+				"file now has $checksum: an applied migration must not change; put the change in a new migration"
+			continue
+		fi
+		psql_in "$APP_DB_NAME" --single-transaction --set=file="$file" --set=name="$name" \
+			--set=checksum="$checksum" <<-'SQL' || die "migration $name failed (the error is above): rolled back, nothing of it was applied"
+		SET ROLE :"owner";
+		\i :file
+		INSERT INTO schema_migrations (name, checksum) VALUES (:'name', :'checksum');
+		SQL
+		applied+=("$name")
+	done
+	log "schema migrations: ${#applied[@]} applied now${applied[*]:+ (${applied[*]})}"
+}
+
 # Run at every start of an existing volume, while only the local socket is open. Each step is idempotent.
 maintenance_steps() {
 	check_names_exist
 	set_app_password
+	apply_migrations
 }
 
 maintain() {

@@ -6,19 +6,17 @@ set -Eeuo pipefail
 
 readonly PG_BIN=/usr/lib/postgresql/15/bin
 
-# Prints VAR, or the content of the file named by VAR_FILE; fails if neither is set.
-setting() {
-	local var="$1" file_var="${1}_FILE"
-	if [[ -n "${!file_var:-}" ]]; then
-		cat -- "${!file_var}"
-	else
-		printf '%s' "${!var:?}"
-	fi
-}
+# file_env: VAR from $VAR or from the file named by $VAR_FILE, read exactly as db-bootstrap.sh reads it.
+# shellcheck source=scripts/file-env.sh
+source "$(dirname "${BASH_SOURCE[0]}")/file-env.sh"
 
 main() {
-	local name user password
-	name="$(setting APP_DB_NAME)" && user="$(setting APP_DB_USER)" && password="$(setting APP_DB_PASSWORD)" || exit 1
+	local var
+	for var in APP_DB_NAME APP_DB_USER APP_DB_PASSWORD; do
+		file_env "$var"
+		[[ -n "${!var:-}" ]] || exit 1
+	done
+	local name="$APP_DB_NAME" user="$APP_DB_USER" password="$APP_DB_PASSWORD"
 	# As the application role: a probe as postgres would be rejected by pg_hba.conf and logged every time.
 	"$PG_BIN/pg_isready" --quiet --host=127.0.0.1 --port=5432 --timeout=2 --username="$user" --dbname="$name" || exit 1
 	PGPASSWORD="$password" PGCONNECT_TIMEOUT=2 "$PG_BIN/psql" --no-psqlrc --quiet --tuples-only \

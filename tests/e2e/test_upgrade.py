@@ -175,6 +175,14 @@ def test_a_stack_of_the_last_release_is_upgraded_in_place_without_losing_a_row(
     rows = deployment.psql("billing-db", ORDERS.format(user=user)).splitlines()
     assert rows[: len(before["orders"].splitlines())] == before["orders"].splitlines()
     assert queued["message_id"] in rows[-1] and stored["message_id"] in rows[0]
+    # The release's schema became migration 001, and every later migration was applied to its volume.
+    for service in ("inventory-db", "billing-db"):
+        shipped = sorted(p.name for p in (ROOT / "config" / service / "migrations").glob("*.sql"))
+        assert deployment.psql(service, "SELECT name FROM schema_migrations ORDER BY name").split() == shipped
+    indexes = deployment.psql(
+        "billing-db", "SELECT string_agg(indexname, ' ') FROM pg_indexes WHERE tablename = 'orders'"
+    )
+    assert "orders_user_id_id_idx" in indexes.split()
     # The upgraded stack works: a write and a read through every service.
     status, movie = deployment.http("POST", "/api/movies", {"title": f"{tag} after"})
     assert status == 200 and deployment.http("GET", f"/api/movies/{movie['id']}")[0] == 200

@@ -1,5 +1,5 @@
--- Inventory schema. Applied by scripts/db-bootstrap.sh once, when an empty volume is first
--- initialised, inside the application database as its owner role. Idempotent (IF NOT EXISTS).
+-- Inventory schema, first migration: the schema as it was before migrations existed. Idempotent (IF NOT
+-- EXISTS), so that volumes created before then take it as already applied and keep every row.
 -- Constraints mirror the API validation of inventory-app.
 
 -- Trigram index support for case-insensitive substring search (title ILIKE '%x%').

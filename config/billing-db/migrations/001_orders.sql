@@ -1,5 +1,5 @@
--- Billing schema. Applied by scripts/db-bootstrap.sh once, when an empty volume is first
--- initialised, inside the application database as its owner role. Idempotent (IF NOT EXISTS).
+-- Billing schema, first migration: the schema as it was before migrations existed. Idempotent (IF NOT
+-- EXISTS), so that volumes created before then take it as already applied and keep every row.
 -- Constraints mirror the validation of billing-app; message_id makes storing idempotent
 -- (a redelivered message never creates a second order).
 
