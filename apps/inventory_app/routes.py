@@ -1,4 +1,4 @@
-"""HTTP routes of inventory-app (SPEC §6, movies)."""
+"""HTTP routes of inventory-app: the movies API."""
 
 from __future__ import annotations
 

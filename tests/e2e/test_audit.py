@@ -1,4 +1,4 @@
-"""The public audit (SPEC §9), replayed step by step against the running test stack."""
+"""The public audit (README, "Passing the audit"), replayed step by step against the running test stack."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Delivery guarantees of the billing pipeline (SPEC §6 billing, §7), on the real containers.
+"""Delivery guarantees of the billing pipeline, on the real containers.
 
 Every check counts rows in billing-db with psql and matches them on message_id: an order answered
 200 is stored exactly once, whatever is stopped, restarted or killed in between. Each test uses a
@@ -260,7 +260,7 @@ def orders_table_locked(stack: Stack) -> Iterator[None]:
         session.wait(timeout=30)
 
 
-# --- validation (SPEC §6) ------------------------------------------------------------------------
+# --- validation ---------------------------------------------------------------------------------
 
 JSON_ORDER = b'{"user_id": 5, "number_of_items": 1, "total_amount": "1"}'
 INVALID_ORDERS: list[tuple[str, str, bytes, int]] = [
@@ -323,7 +323,7 @@ def test_numeric_strings_and_json_numbers_are_both_accepted_and_stored_normalise
     assert dict(line.split("|", 1) for line in rows.splitlines()) == expected
 
 
-# --- the queue keeps orders while billing-app, the broker or the database is away (SPEC §7) ------
+# --- the queue keeps orders while billing-app, the broker or the database is away ---------------
 
 
 def test_orders_sent_while_billing_app_is_stopped_wait_in_the_queue_and_are_stored_once_it_starts(
@@ -437,7 +437,7 @@ def test_orders_sent_while_billing_db_is_down_are_stored_once_it_returns(stack: 
     wait_depth(stack, QUEUE, 0)
 
 
-# --- messages billing-app cannot use, and redeliveries (SPEC §7) ----------------------------------
+# --- messages billing-app cannot use, and redeliveries -------------------------------------------
 
 
 def test_poison_messages_are_dead_lettered_with_the_reason_logged_and_the_next_order_is_stored(
@@ -506,7 +506,7 @@ def test_a_message_id_delivered_twice_is_stored_once(stack: Stack) -> None:
     wait_depth(stack, QUEUE, 0)
 
 
-# --- the broker down: 503, then recovery without restarting the gateway (SPEC §6) ----------------
+# --- the broker down: 503, then recovery without restarting the gateway -------------------------
 
 
 def test_with_the_broker_down_post_answers_503_and_recovers_without_restarting_the_gateway(stack: Stack) -> None:

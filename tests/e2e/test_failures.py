@@ -1,5 +1,5 @@
 """Failure and abuse: whatever fails, nothing answered 200 is lost or duplicated, and bad input never
-gets a 5xx (SPEC §3, §6, §7).
+gets a 5xx.
 
 1. Load with faults: movies CRUD and billing orders at a fixed rate (tests/load.py, one X-Request-ID
    per request) while each of the six containers in turn is killed from the host (`kill -9` of its

@@ -1,4 +1,4 @@
-"""inventory-app's movies API (SPEC §6 movies, §8) against the real inventory-db of the test stack.
+"""inventory-app's movies API and its schema against the real inventory-db of the test stack.
 
 Every route and its edge cases, mostly through the gateway and some straight to inventory-app;
 the gateway's answers compared byte for byte with inventory-app's; concurrent creates; a database

@@ -1,4 +1,4 @@
-"""Least privilege and isolation (SPEC §4, §5), proven on the running test stack.
+"""Least privilege and isolation, proven on the running test stack.
 
 Each test checks one control the way an auditor would: `docker inspect`, the processes inside the
 containers, logins to PostgreSQL and RabbitMQ as each role, name resolution from the backend network,

@@ -1,4 +1,4 @@
-"""Static checks: linters, and the fixed layout and names of SPEC §2."""
+"""Static checks: linters, and the fixed layout and names the audit checks."""
 
 from __future__ import annotations
 
