@@ -29,6 +29,8 @@ import pika.frame
 from pika.spec import Basic
 
 from common.amqp import BrokerSettings
+from common.backoff import Backoff
+from common.orders import Message
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +45,18 @@ class BrokerBlocked(PublishFailed):
 
 class PublishUnconfirmed(Exception):
     """The message was sent but not confirmed: whether it is queued is unknown."""
+
+
+def pika_properties(message: Message) -> pika.BasicProperties:
+    """The message's properties as pika sends them, naming the gateway as the publishing app."""
+    return pika.BasicProperties(
+        content_type=message.content_type,
+        delivery_mode=message.delivery_mode,
+        message_id=message.message_id,
+        timestamp=message.timestamp,
+        headers=dict(message.headers),
+        app_id="api-gateway-app",
+    )
 
 
 class Publisher:
@@ -73,8 +87,8 @@ class Publisher:
             return "down"
         return "blocked" if self._blocked else "ok"
 
-    def publish(self, body: bytes, message_id: str, headers: dict[str, str]) -> None:
-        """Publish one persistent message; return once the broker confirmed it.
+    def publish(self, message: Message) -> None:
+        """Publish one message; return once the broker confirmed it.
         Raises PublishFailed (not queued) or PublishUnconfirmed (outcome unknown)."""
         connection = self._connection
         if connection is None or not self._ready.is_set():
@@ -83,9 +97,7 @@ class Publisher:
             raise BrokerBlocked("the broker blocks publishing (resource alarm)")
         future: Future[None] = Future()
         try:
-            connection.ioloop.add_callback_threadsafe(
-                functools.partial(self._publish_on_loop, body, message_id, headers, future)
-            )
+            connection.ioloop.add_callback_threadsafe(functools.partial(self._publish_on_loop, message, future))
         except Exception as exc:  # noqa: BLE001 - the I/O loop is closing
             raise PublishFailed(f"broker unavailable ({exc})") from None
         try:
@@ -107,7 +119,7 @@ class Publisher:
     # --- the I/O thread ------------------------------------------------------------------------
 
     def _run(self) -> None:
-        delay = 0.5
+        backoff = Backoff(0.5, 5.0)
         while not self._stopping.is_set():
             connection = pika.SelectConnection(
                 self._settings.parameters("api-gateway-app publisher"),
@@ -127,11 +139,9 @@ class Publisher:
             connection.ioloop.close()
             if self._stopping.is_set():
                 break
-            if time.monotonic() - started > 30:
-                delay = 0.5  # it had been working: retry quickly
+            delay = backoff.after_connection(started)
             log.warning("broker connection down; reconnecting in %.1fs", delay)
             self._stopping.wait(delay)
-            delay = min(delay * 2, 5.0)
 
     def _close_connection(self) -> None:
         if self._connection is not None and self._connection.is_open:
@@ -181,7 +191,7 @@ class Publisher:
         self._unconfirm_pending("broker channel closed")
         self._close_connection()
 
-    def _publish_on_loop(self, body: bytes, message_id: str, headers: dict[str, str], future: Future[None]) -> None:
+    def _publish_on_loop(self, message: Message, future: Future[None]) -> None:
         if not future.set_running_or_notify_cancel():
             return  # the web thread gave up waiting and answered "not queued"
         channel = self._channel
@@ -191,18 +201,14 @@ class Publisher:
         if self._blocked:
             future.set_exception(BrokerBlocked("the broker blocks publishing (resource alarm)"))
             return
-        properties = pika.BasicProperties(
-            content_type="application/json",
-            delivery_mode=pika.DeliveryMode.Persistent,
-            message_id=message_id,
-            timestamp=int(time.time()),
-            headers=headers,
-            app_id="api-gateway-app",
-        )
         self._last_tag += 1
-        self._pending[self._last_tag] = (message_id, future)
+        self._pending[self._last_tag] = (message.message_id or "", future)
         channel.basic_publish(
-            self._settings.exchange, self._settings.queue, body, properties=properties, mandatory=True
+            self._settings.exchange,
+            self._settings.queue,
+            message.body,
+            properties=pika_properties(message),
+            mandatory=True,
         )
 
     def _on_return(

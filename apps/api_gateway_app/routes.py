@@ -21,8 +21,8 @@ from api_gateway_app.proxy import (
 )
 from api_gateway_app.publisher import BrokerBlocked, Publisher, PublishFailed, PublishUnconfirmed
 from common import logs
-from common.orders import IDEMPOTENCY_KEY, InvalidOrder, message_id, normalise_order
-from common.web import JSON_TYPE, ApiError, JsonApp, json_response, read_body, read_json_object, to_json
+from common.jsonapi import JSON_TYPE, ApiError, JsonApp, json_response, read_body, read_json_object, to_json
+from common.orders import IDEMPOTENCY_KEY, InvalidOrder, message_id, normalise_order, order_message
 
 log = logging.getLogger(__name__)
 # /health probes both apps at once, and answers within a second even when one of them hangs.
@@ -51,46 +51,48 @@ def _idempotency_key() -> str | None:
     return key
 
 
+def _proxy(upstream: Upstream, max_body_bytes: int) -> bottle.HTTPResponse:
+    """Forward the request to ``upstream`` and answer what it answered."""
+    environ = bottle.request.environ
+    body = read_body(max_body_bytes)
+    try:
+        answer = upstream.request(
+            bottle.request.method,
+            _target(environ),
+            forward_headers(environ, f"{upstream.host}:{upstream.port}"),
+            body,
+        )
+    except UpstreamBusy as exc:
+        log.warning("%s: %s", exc, exc.detail)
+        raise ApiError(503, str(exc), headers={"Retry-After": "1"}) from None
+    except UpstreamError as exc:
+        log.warning("%s: %s", exc, exc.detail)
+        raise ApiError(504 if isinstance(exc, UpstreamTimeout) else 502, str(exc)) from None
+    response = bottle.HTTPResponse(answer.body, answer.status)
+    for name, value in response_headers(answer.headers):
+        response.add_header(name, value)
+    if bottle.request.method == "HEAD":
+        # No body to measure: the upstream's length is the one a GET would have.
+        length = next((v for k, v in answer.headers if k.lower() == "content-length"), None)
+        if length is not None:
+            response.set_header("Content-Length", length)
+    return response
+
+
 def build_app(inventory: Upstream, billing: Upstream, publisher: Publisher, max_body_bytes: int) -> JsonApp:
     app = JsonApp()
     spec = openapi.document(max_body_bytes)
     spec_json = to_json(spec)
     docs_html = docs_page.render(spec).encode("utf-8")
 
-    def proxy(upstream: Upstream) -> bottle.HTTPResponse:
-        environ = bottle.request.environ
-        body = read_body(max_body_bytes)
-        try:
-            answer = upstream.request(
-                bottle.request.method,
-                _target(environ),
-                forward_headers(environ, f"{upstream.host}:{upstream.port}"),
-                body,
-            )
-        except UpstreamBusy as exc:
-            log.warning("%s: %s", exc, exc.detail)
-            raise ApiError(503, str(exc), headers={"Retry-After": "1"}) from None
-        except UpstreamError as exc:
-            log.warning("%s: %s", exc, exc.detail)
-            raise ApiError(504 if isinstance(exc, UpstreamTimeout) else 502, str(exc)) from None
-        response = bottle.HTTPResponse(answer.body, answer.status)
-        for name, value in response_headers(answer.headers):
-            response.add_header(name, value)
-        if bottle.request.method == "HEAD":
-            # No body to measure: the upstream's length is the one a GET would have.
-            length = next((v for k, v in answer.headers if k.lower() == "content-length"), None)
-            if length is not None:
-                response.set_header("Content-Length", length)
-        return response
-
     @app.route("/api/movies", method=["GET", "POST", "DELETE"])
     @app.route("/api/movies/<movie_id>", method=["GET", "PUT", "DELETE"])
     def movies(movie_id: str | None = None) -> bottle.HTTPResponse:
-        return proxy(inventory)
+        return _proxy(inventory, max_body_bytes)
 
     @app.get("/api/orders")
     def orders() -> bottle.HTTPResponse:
-        return proxy(billing)
+        return _proxy(billing, max_body_bytes)
 
     @app.post("/api/billing")
     def create_order() -> Any:
@@ -101,7 +103,7 @@ def build_app(inventory: Upstream, billing: Upstream, publisher: Publisher, max_
             raise ApiError(400, str(exc), field=exc.field) from None
         order_id = message_id(key)
         try:
-            publisher.publish(to_json(order), order_id, {"x-request-id": logs.request_id.get()})
+            publisher.publish(order_message(order, order_id, logs.request_id.get()))
         except PublishUnconfirmed as exc:
             log.warning("order %s sent, outcome unknown: %s", order_id, exc)
             unconfirmed = {

@@ -8,8 +8,8 @@ from typing import Any
 
 from billing_app.store import list_orders
 from common.db import HTTP_ERRORS, DatabaseUnavailable, Pool
+from common.jsonapi import JsonApp, json_response, paging, query_int
 from common.numbers import INT_MAX
-from common.web import JsonApp, json_response, paging, query_int
 
 CONSUMER_STALE_AFTER = 15.0  # seconds without a status update from the consumer
 

@@ -24,7 +24,6 @@ import os
 import signal
 import threading
 import time
-import uuid
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -34,10 +33,11 @@ import pika.adapters.blocking_connection
 import pika.exceptions
 from pg8000.exceptions import DatabaseError
 
-from billing_app.store import Order, insert_orders
+from billing_app.store import insert_orders
 from common.amqp import BrokerSettings
+from common.backoff import Backoff
 from common.db import DatabaseUnavailable, Pool, describe, is_data_error
-from common.orders import InvalidOrder, normalise_order
+from common.orders import InvalidOrder, Message, Order, read_order
 
 log = logging.getLogger(__name__)
 # Where the consumer reports its state to the HTTP API's /health (/tmp is a tmpfs private to the container).
@@ -63,48 +63,16 @@ class _Delivery:
     order: Order
 
 
-class Backoff:
-    """Waits that double from ``first`` up to ``cap``, back to ``first`` after ``reset()``."""
-
-    def __init__(self, first: float, cap: float) -> None:
-        self.first = first
-        self.cap = cap
-        self._next = first
-
-    def next(self) -> float:
-        delay, self._next = self._next, min(self._next * 2, self.cap)
-        return delay
-
-    def reset(self) -> None:
-        self._next = self.first
-
-
-def parse_message(properties: pika.BasicProperties, body: bytes) -> Order:
-    """The order carried by a message, or InvalidOrder saying why it cannot be stored. Nothing
-    else is raised, whatever the message holds: one unreadable message must not stop the others."""
-    try:
-        return _read_order(properties, body)
-    except InvalidOrder:
-        raise
-    except Exception as exc:  # noqa: BLE001 - becomes the reason the message is dead-lettered
-        raise InvalidOrder(f"message cannot be read: {type(exc).__name__}: {exc}"[:500]) from None
-
-
-def _read_order(properties: pika.BasicProperties, body: bytes) -> Order:
-    try:
-        message_id = str(uuid.UUID(properties.message_id or ""))
-    except ValueError:
-        raise InvalidOrder("message has no valid message_id (uuid)") from None
-    try:
-        payload = json.loads(body.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError, RecursionError):
-        raise InvalidOrder("message body is not JSON") from None
-    order = normalise_order(payload)
-    headers = properties.headers or {}
-    request_id = headers.get("x-request-id", "")
-    if isinstance(request_id, bytes):
-        request_id = request_id.decode("utf-8", "replace")
-    return Order(message_id, order["user_id"], order["number_of_items"], order["total_amount"], str(request_id)[:128])
+def received_message(properties: pika.BasicProperties, body: bytes) -> Message:
+    """A delivery as the plain values common.orders reads."""
+    return Message(
+        body,
+        properties.message_id,
+        properties.headers or {},
+        properties.timestamp,
+        properties.content_type,
+        properties.delivery_mode,
+    )
 
 
 class Consumer:
@@ -139,9 +107,7 @@ class Consumer:
             # the redelivered copies are then found already stored)
             if self.stopping.is_set():
                 break
-            if time.monotonic() - started > 30:
-                backoff.reset()
-            delay = backoff.next()
+            delay = backoff.after_connection(started)
             log.info("reconnecting to the broker in %.1fs", delay)
             self.stopping.wait(delay)
         self._writer.shutdown()
@@ -225,7 +191,7 @@ class Consumer:
 
     def _on_message(self, channel: Channel, method: Any, properties: pika.BasicProperties, body: bytes) -> None:
         try:
-            order = parse_message(properties, body)
+            order = read_order(received_message(properties, body))
         except InvalidOrder as exc:
             self._dead_letter(channel, method.delivery_tag, properties.message_id, str(exc))
             return

@@ -4,20 +4,10 @@ creates a second order."""
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from typing import Any
 
 from common.db import Pool
-
-
-@dataclass(frozen=True)
-class Order:
-    message_id: str
-    user_id: int
-    number_of_items: int
-    total_amount: str
-    request_id: str  # "" when the message carried none
-
+from common.orders import Order
 
 # The batch travels as one JSON parameter, unpacked by the server: pg8000 would escape five arrays
 # element by element in Python, the consumer's single busiest step.

@@ -9,6 +9,8 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 
+from common.numbers import INT_MAX
+
 
 class ConfigError(Exception):
     """The environment lacks required variables or holds invalid values."""
@@ -47,7 +49,7 @@ class Env:
             return default
         return value
 
-    def int(self, name: str, default: int, minimum: int = 0, maximum: int = 2**31 - 1) -> int:
+    def int(self, name: str, default: int, minimum: int = 0, maximum: int = INT_MAX) -> int:
         raw = self._raw(name)
         if raw is None:
             return default

@@ -250,7 +250,7 @@ class Pool:
             self._discard(conn)
 
 
-# How the HTTP apps answer database failures (see common.web.JsonApp); subclasses first.
+# How the HTTP apps answer database failures (see common.jsonapi.JsonApp); subclasses first.
 HTTP_ERRORS = (
     (StatementTimeout, 504, "the database did not answer within the statement timeout"),
     (DatabaseUnavailable, 503, "database unavailable, try again shortly"),

@@ -36,7 +36,8 @@ from waitress.task import ErrorTask
 from waitress.utilities import build_http_date
 
 from common import logs
-from common.web import JSON_TYPE, SERVED_BY, RequestContext, to_json, valid_request_id
+from common.jsonapi import JSON_TYPE, to_json
+from common.request_context import SERVED_BY, RequestContext, valid_request_id
 
 log = logging.getLogger(__name__)
 access_log = logging.getLogger("access")

@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from common.db import Pool
+from common.jsonapi import ApiError, reject_unknown_fields
 from common.numbers import INT_MAX, parse_int
-from common.web import ApiError, reject_unknown_fields
 
 TITLE_MAX = 255  # mirrors movies.title varchar(255) CHECK (char_length BETWEEN 1 AND 255)
 DESCRIPTION_MAX = 10_000  # mirrors CHECK (char_length(description) <= 10000)

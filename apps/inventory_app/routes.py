@@ -7,7 +7,7 @@ from typing import Any
 import bottle
 
 from common.db import HTTP_ERRORS, DatabaseUnavailable, Pool
-from common.web import ApiError, JsonApp, json_response, paging, read_json_object
+from common.jsonapi import ApiError, JsonApp, json_response, paging, read_json_object
 from inventory_app.movies import MovieStore, check_text, parse_id, validate_changes, validate_new
 
 

@@ -25,12 +25,7 @@ import pytest
 from openapi_spec_validator import validate
 
 from api_gateway_app import openapi
-from api_gateway_app.proxy import Upstream
-from api_gateway_app.publisher import Publisher
-from api_gateway_app.routes import build_app
-from common.amqp import BrokerSettings
 from common.app_main import DEFAULT_MAX_BODY_BYTES
-from common.config import Env
 from stack import PORT, PREFIX, PROJECT, ROOT, Response, Stack, internal_http, run, wait_for
 
 pytestmark = pytest.mark.e2e
@@ -38,7 +33,7 @@ pytestmark = pytest.mark.e2e
 OUTPUT = ROOT / "tests" / "output"
 COLLECTION = ROOT / "docs" / "postman" / "play-with-containers.postman_collection.json"
 GENERATED_ID = re.compile(r"[0-9a-f]{32}")
-# time, request id, client, method, path, status, bytes, duration (common/web.py RequestContext)
+# time, request id, client, method, path, status, bytes, duration (common/request_context.py RequestContext)
 ACCESS_LINE = re.compile(
     r"(?P<time>\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) (?P<rid>\S+) (?P<client>[0-9a-fA-F.:]+) "
     r"(?P<method>[A-Z]+) (?P<path>\S+) (?P<status>\d{3}) (?P<bytes>\d+) (?P<ms>\d+\.\d)ms"
@@ -198,30 +193,6 @@ def echo_server(stack: Stack) -> Iterator[str]:
         yield f"http://{name}:8080"
     finally:
         run("docker", "rm", "--force", name, check=False)
-
-
-def in_process_app() -> Any:
-    """The gateway's Bottle app, built in this process: dummy upstreams, a publisher never started."""
-    env = Env({"RABBITMQ_GATEWAY_USER": "unused", "RABBITMQ_GATEWAY_PASSWORD": "unused"})
-    publisher = Publisher(BrokerSettings.from_env(env, "GATEWAY"), 1.0)
-    dummy = "http://127.0.0.1:9"
-    return build_app(
-        Upstream("inventory-app", dummy, 1, 1, 8),
-        Upstream("billing-app", dummy, 1, 1, 8),
-        publisher,
-        DEFAULT_MAX_BODY_BYTES,
-    )
-
-
-def route_key(method: str, path: str) -> tuple[str, str]:
-    """(METHOD, path) with every path parameter written {}: Bottle's <id> and OpenAPI's {id} alike."""
-    return method.upper(), re.sub(r"<[^>]+>|\{[^}]+\}", "{}", path)
-
-
-def documented_routes(document: dict[str, Any]) -> set[tuple[str, str]]:
-    return {
-        route_key(method, path) for path, item in document["paths"].items() for method in item if method != "parameters"
-    }
 
 
 def example(document: dict[str, Any], path: str, method: str, status: int) -> Any:
@@ -605,6 +576,7 @@ def test_the_access_log_rotates_at_the_configured_size(stack: Stack) -> None:
 
 
 # --- 7. the OpenAPI document ------------------------------------------------------------------------------------
+# (The document against the code's routes and limits, without Docker: tests/lint/test_openapi.py.)
 
 
 def test_openapi_json_is_a_valid_openapi_3_document(stack: Stack) -> None:
@@ -615,29 +587,6 @@ def test_openapi_json_is_a_valid_openapi_3_document(stack: Stack) -> None:
     assert document["openapi"].startswith("3.")
     validate(document)
     assert document == json.loads(json.dumps(openapi.document())), "the stack serves another document"
-
-
-def test_the_document_describes_exactly_the_routes_the_gateway_serves(stack: Stack) -> None:
-    served = {route_key(route.method, route.rule) for route in in_process_app().routes}
-    document = stack.http("GET", "/openapi.json").json()
-    assert documented_routes(document) == served
-    assert len(served) == 11
-
-
-def test_every_operation_has_a_description_and_an_example_for_every_response() -> None:
-    document = openapi.document()
-    for path, item in document["paths"].items():
-        for method, operation in item.items():
-            if method == "parameters":
-                continue
-            assert operation.get("summary", "").strip(), (method, path)
-            assert len(operation.get("description", "").strip()) > 20, (method, path)
-            if "requestBody" in operation:
-                assert all("example" in media for media in operation["requestBody"]["content"].values())
-            for status, response in operation["responses"].items():
-                assert response["description"].strip(), (method, path, status)
-                media = list(response.get("content", {}).values())
-                assert media and all("example" in m for m in media), f"{method} {path} {status} has no example"
 
 
 def test_documented_examples_are_the_answers_the_gateway_really_gives(stack: Stack) -> None:
@@ -732,32 +681,7 @@ def test_the_docs_page_shows_every_route_in_a_headless_browser(stack: Stack) -> 
 
 
 # --- 9. the Postman collection -----------------------------------------------------------------------------------
-
-
-def collection_routes() -> tuple[set[tuple[str, str]], list[dict[str, Any]]]:
-    collection = json.loads(COLLECTION.read_text())
-    requests = [item["request"] for folder in collection["item"] for item in folder["item"]]
-    routes = set()
-    for req in requests:
-        path = "/" + "/".join(req["url"]["path"])
-        routes.add(route_key(req["method"], re.sub(r"\{\{\w+\}\}", "{id}", path).rstrip("/") or "/"))
-    return routes, requests
-
-
-def test_the_postman_collection_covers_every_route_with_tests() -> None:
-    collection = json.loads(COLLECTION.read_text())
-    assert collection["info"]["schema"].endswith("/v2.1.0/collection.json")
-    assert {v["key"] for v in collection["variable"]} >= {"baseUrl", "movieId"}
-    routes, requests = collection_routes()
-    assert documented_routes(openapi.document()) <= routes
-    assert ("PATCH", "/api/movies") in routes and ("GET", "/api/billing") in routes  # 405s
-    assert any(r["url"]["raw"].startswith("{{baseUrl}}/api/nothing") for r in requests)  # a 404
-    assert any(r["url"]["raw"].split("?")[0].endswith("/") for r in requests if r["method"] == "POST")
-    assert all(r["url"]["raw"].startswith("{{baseUrl}}/") for r in requests)
-    folders = [item for folder in collection["item"] for item in folder["item"]]
-    for item in folders:
-        script = "\n".join(line for e in item["event"] if e["listen"] == "test" for line in e["script"]["exec"])
-        assert "pm.response.to.have.status(" in script and "pm.response." in script, item["name"]
+# (Its coverage of every documented route, without Docker: tests/lint/test_openapi.py.)
 
 
 def test_newman_runs_the_postman_collection_against_the_stack(stack: Stack) -> None:

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from common.web import PAGE_DEFAULT, PAGE_MAX
+from common.jsonapi import PAGE_DEFAULT, PAGE_MAX
 from stack import Response, Stack, wait_for
 
 pytestmark = pytest.mark.e2e

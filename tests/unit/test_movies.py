@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from common.web import ApiError
+from common.jsonapi import ApiError
 from inventory_app.movies import escape_like, parse_id, validate_changes, validate_new
 
 

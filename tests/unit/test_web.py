@@ -8,7 +8,8 @@ from typing import Any
 
 import pytest
 
-from common.web import ApiError, JsonApp, RequestContext, read_json_object
+from common.jsonapi import ApiError, JsonApp, read_json_object
+from common.request_context import RequestContext
 
 
 def build() -> RequestContext:

@@ -1,0 +1,83 @@
+"""The outermost WSGI layer of every app: request ids, the replica's name, trailing slashes and the
+access log (the JSON answers themselves: common/jsonapi.py)."""
+
+from __future__ import annotations
+
+import logging
+import re
+import socket
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from common import logs
+
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+# Names the replica (container hostname) that answered, in the X-Served-By response header.
+SERVED_BY = socket.gethostname()
+access_log = logging.getLogger("access")
+
+
+def valid_request_id(value: str | None) -> str:
+    """The client's X-Request-ID if it is sane, else a fresh one."""
+    if value and _REQUEST_ID.fullmatch(value):
+        return value
+    return uuid.uuid4().hex
+
+
+class RequestContext:
+    """Outermost WSGI layer of every app.
+
+    Gives each request an id (kept from ``X-Request-ID`` when valid, returned in the response),
+    names the replica that answered (``X-Served-By``), treats ``/path/`` as ``/path`` (one slash only:
+    ``/api/movies//`` names no resource, it is not the collection), and writes one access-log line per request.
+    """
+
+    def __init__(self, app: Callable[..., Any]) -> None:
+        self.app = app
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
+        started = time.monotonic()
+        rid = valid_request_id(environ.get("HTTP_X_REQUEST_ID"))
+        environ["HTTP_X_REQUEST_ID"] = rid
+        path = environ.get("PATH_INFO") or "/"
+        if len(path) > 1 and path.endswith("/"):
+            environ["PATH_INFO"] = path[:-1]
+        token = logs.request_id.set(rid)
+        status = ["500"]
+        chunks: list[bytes] = []
+
+        def start(status_line: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+            status[0] = status_line.split(" ", 1)[0]
+            # A proxied answer keeps the upstream replica's name as X-Upstream-Served-By.
+            headers = [
+                ("X-Upstream-Served-By", v) if k.lower() == "x-served-by" else (k, v)
+                for k, v in headers
+                if k.lower() != "x-request-id"
+            ]
+            headers.append(("X-Request-ID", rid))
+            headers.append(("X-Served-By", SERVED_BY))
+            return start_response(status_line, headers, exc_info)
+
+        try:
+            result = self.app(environ, start)
+            try:
+                chunks.extend(result)
+            finally:
+                close = getattr(result, "close", None)
+                if close is not None:
+                    close()
+            return chunks
+        finally:
+            access_log.info(
+                "%s %s %s %s %s %d %.1fms",
+                rid,
+                environ.get("REMOTE_ADDR", "-"),  # the client, also behind the gateway (see serve_http)
+                environ.get("REQUEST_METHOD", "-"),
+                path + ("?" + environ["QUERY_STRING"] if environ.get("QUERY_STRING") else ""),
+                status[0],
+                sum(len(c) for c in chunks),
+                (time.monotonic() - started) * 1000,
+            )
+            logs.request_id.reset(token)
