@@ -11,7 +11,7 @@ import pytest
 from stack import ROOT, SERVICES, VOLUMES, run
 
 DOCKERFILES = sorted((ROOT / "images").glob("*/Dockerfile"))
-SHELL_SCRIPTS = [*sorted(p for p in ROOT.glob("scripts/*.sh")), ROOT / ".ci" / "run"]
+SHELL_SCRIPTS = [*sorted(ROOT.glob("scripts/**/*.sh")), *sorted(ROOT.glob("deploy/**/*.sh")), ROOT / ".ci" / "run"]
 
 
 def tool(name: str) -> str:

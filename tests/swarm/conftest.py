@@ -1,7 +1,7 @@
-"""Fixture: the swarm test stack, deployed once per run by scripts/swarm.sh under its own name
+"""Fixture: the swarm test stack, deployed once per run by deploy/swarm/swarm.sh under its own name
 (PWC_SWARM_STACK, default pwc-swarm-test), secrets, volumes, images and port (PWC_SWARM_PORT, 3400).
 
-If the engine was in no swarm, the run initialises one (scripts/swarm.sh does) and leaves it at the end;
+If the engine was in no swarm, the run initialises one (deploy/swarm/swarm.sh does) and leaves it at the end;
 a swarm that existed before is left as found, apart from the storage label swarm.sh puts on a node.
 If the engine is in no swarm and containers other than this run's compose test stack are running (a
 user's stack, say), the swarm tests are skipped with that reason, since joining and leaving a swarm

@@ -1,4 +1,4 @@
-"""The swarm test stack (scripts/swarm.sh with its own stack name, secrets, volumes, images and port)
+"""The swarm test stack (deploy/swarm/swarm.sh with its own stack name, secrets, volumes, images and port)
 and a bounded HTTP load generator to measure what clients see while tasks die or are replaced."""
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ NAME = os.environ.get("PWC_SWARM_STACK", "pwc-swarm-test")
 PORT = int(os.environ.get("PWC_SWARM_PORT", "3400"))
 IMAGE_PREFIX = NAME + "/"
 IMAGES = ("inventory-db", "billing-db", "rabbit-queue", "inventory-app", "billing-app", "api-gateway-app")
-# What swarm/stack.yml asks for on one node (one gateway per node).
+# What deploy/swarm/stack.yml asks for on one node (one gateway per node).
 REPLICAS = {
     "inventory-db": 1,
     "billing-db": 1,
@@ -60,7 +60,7 @@ class SwarmStack:
     # Failed or rejected tasks of each service right after the deployment converged.
     deploy_failures: dict[str, set[str]] = field(default_factory=dict)
 
-    # --- scripts/swarm.sh and images -------------------------------------------------------
+    # --- deploy/swarm/swarm.sh and images -------------------------------------------------------
 
     def script(self, *args: str, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess[str]:
         environ = {
@@ -70,7 +70,7 @@ class SwarmStack:
             "PWC_IMAGE_PREFIX": IMAGE_PREFIX,
         }
         result = subprocess.run(
-            [str(ROOT / "scripts" / "swarm.sh"), *args],
+            [str(ROOT / "deploy" / "swarm" / "swarm.sh"), *args],
             capture_output=True,
             text=True,
             timeout=timeout,

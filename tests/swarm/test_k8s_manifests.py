@@ -1,4 +1,4 @@
-"""The Kubernetes manifests in k8s/, checked offline: valid against the Kubernetes API schemas
+"""The Kubernetes manifests in deploy/k8s/, checked offline: valid against the Kubernetes API schemas
 (kubernetes-validate, strict), and the architecture they describe is the one of the stack.
 They are not run on a live cluster here."""
 
@@ -13,7 +13,7 @@ import yaml
 
 from stack import ROOT
 
-K8S = ROOT / "k8s"
+K8S = ROOT / "deploy" / "k8s"
 KUBERNETES_VERSION = "1.31.0"
 NAMESPACE = "play-with-containers"
 # The stand-in value of the committed Secrets.

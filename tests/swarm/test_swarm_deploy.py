@@ -1,4 +1,4 @@
-"""The stack on a live single-node swarm, as an operator inspects it after scripts/swarm.sh up:
+"""The stack on a live single-node swarm, as an operator inspects it after deploy/swarm/swarm.sh up:
 replicas and health, secrets instead of environment values, the deploy policies, traffic spread."""
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
-"""Static checks of the swarm files that tests/lint does not cover (it lints scripts/*.sh and
-images/*/Dockerfile): the simulated nodes' script and Dockerfile."""
+"""Static checks of the swarm files, beside tests/lint (which lints scripts/**/*.sh, deploy/**/*.sh and
+images/*/Dockerfile): the simulated nodes' script and Dockerfile, with the swarm tests that use them."""
 
 from __future__ import annotations
 
@@ -15,11 +15,11 @@ def tool(name: str) -> str:
 
 
 def test_the_nodes_script_is_shellcheck_clean() -> None:
-    result = run(tool("shellcheck"), str(ROOT / "swarm" / "nodes.sh"), check=False)
+    result = run(tool("shellcheck"), str(ROOT / "deploy" / "swarm" / "nodes.sh"), check=False)
     assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_the_node_dockerfile_is_hadolint_clean() -> None:
-    dockerfile = ROOT / "swarm" / "node" / "Dockerfile"
+    dockerfile = ROOT / "deploy" / "swarm" / "node" / "Dockerfile"
     result = run(tool("hadolint"), "--config", str(ROOT / ".hadolint.yaml"), str(dockerfile), check=False)
     assert result.returncode == 0, result.stdout + result.stderr

@@ -1,4 +1,4 @@
-"""The stack on a simulated three-node swarm (swarm/nodes.sh: three containers running their own
+"""The stack on a simulated three-node swarm (deploy/swarm/nodes.sh: three containers running their own
 dockerd, images copied with docker save | docker load): one gateway per node, and a stopped node whose
 tasks are rescheduled while the stack keeps answering.
 
@@ -49,7 +49,7 @@ class Nodes:
             "PWC_STACK": NAME,
             "PWC_IMAGE_PREFIX": f"{NAME}/",
         }
-        command = [str(ROOT / "swarm" / "nodes.sh"), *args]
+        command = [str(ROOT / "deploy" / "swarm" / "nodes.sh"), *args]
         return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=environ)
 
     @staticmethod

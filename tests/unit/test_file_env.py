@@ -1,4 +1,4 @@
-"""A secret given as a file (<NAME>_FILE) has the same value for the shell bootstraps (scripts/file-env.sh)
+"""A secret given as a file (<NAME>_FILE) has the same value for the shell bootstraps (scripts/image/file-env.sh)
 and for the Python apps (common.config.Env): trailing CR and LF characters are dropped, nothing else."""
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ def from_shell(secret_file: Path) -> str:
     """The value a bootstrap script gets from `file_env SECRET` with SECRET_FILE set."""
     script = 'source "$1"; file_env SECRET; printf "%s" "$SECRET"'
     result = subprocess.run(
-        ["bash", "-c", script, "bash", str(ROOT / "scripts" / "file-env.sh")],
+        ["bash", "-c", script, "bash", str(ROOT / "scripts" / "image" / "file-env.sh")],
         env={"PATH": os.environ["PATH"], "SECRET_FILE": str(secret_file)},
         capture_output=True,
         timeout=10,

@@ -7,7 +7,7 @@ set -Eeuo pipefail
 readonly PG_BIN=/usr/lib/postgresql/15/bin
 
 # file_env: VAR from $VAR or from the file named by $VAR_FILE, read exactly as db-bootstrap.sh reads it.
-# shellcheck source=scripts/file-env.sh
+# shellcheck source=scripts/image/file-env.sh
 source "$(dirname "${BASH_SOURCE[0]}")/file-env.sh"
 
 main() {

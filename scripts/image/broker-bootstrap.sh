@@ -23,7 +23,7 @@ error() {
 }
 
 # file_env: VAR from $VAR or from the file named by $VAR_FILE (shared with the other bootstrap script).
-# shellcheck source=scripts/file-env.sh
+# shellcheck source=scripts/image/file-env.sh
 source "$(dirname "${BASH_SOURCE[0]}")/file-env.sh"
 
 load_environment() {

@@ -19,7 +19,7 @@ log() { printf 'db-bootstrap: %s\n' "$*"; }
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }
 
 # file_env: VAR from $VAR or from the file named by $VAR_FILE (shared with the other bootstrap script).
-# shellcheck source=scripts/file-env.sh
+# shellcheck source=scripts/image/file-env.sh
 source "$(dirname "${BASH_SOURCE[0]}")/file-env.sh"
 
 # Names become SQL identifiers and "<name>_owner" must fit PostgreSQL's 63-byte limit.

@@ -1,18 +1,19 @@
 #!/usr/bin/env bash
 # A three-node swarm simulated on one Docker host, to see the stack scale out (docs/swarm.md):
-#   swarm/nodes.sh up       three privileged containers running their own dockerd (swarm/node/Dockerfile),
-#                           joined as a swarm of three managers; the images copied into them with
-#                           docker save | docker load (no registry); the stack deployed from node1 by
-#                           scripts/swarm.sh (so one gateway per node); node<N>'s gateway port (GATEWAY_PORT)
-#                           is published on the host's 127.0.0.1:<PWC_NODES_PORT_BASE + N>
-#   swarm/nodes.sh status   the nodes and the stack
-#   swarm/nodes.sh down     remove the nodes with everything in them, their network and image
+#   deploy/swarm/nodes.sh up       three privileged containers running their own dockerd
+#                                  (deploy/swarm/node/Dockerfile), joined as a swarm of three managers;
+#                                  the images copied into them with docker save | docker load (no
+#                                  registry); the stack deployed from node1 by deploy/swarm/swarm.sh (so
+#                                  one gateway per node); node<N>'s gateway port (GATEWAY_PORT) is
+#                                  published on the host's 127.0.0.1:<PWC_NODES_PORT_BASE + N>
+#   deploy/swarm/nodes.sh status   the nodes and the stack
+#   deploy/swarm/nodes.sh down     remove the nodes with everything in them, their network and image
 # Settings (environment): PWC_NODES_PREFIX (names of the node containers, network and image, default
 #   pwc-nodes), PWC_NODES_PORT_BASE (default 3410), and for the stack PWC_ENV_FILE (default .env),
 #   PWC_STACK (default pwc), PWC_IMAGE_PREFIX (the images to copy, default none).
 set -Eeuo pipefail
 
-cd "$(dirname "${BASH_SOURCE[0]}")/.."
+cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 readonly PREFIX="${PWC_NODES_PREFIX:-pwc-nodes}"
 readonly PORT_BASE="${PWC_NODES_PORT_BASE:-3410}"
 readonly ENV_FILE="${PWC_ENV_FILE:-.env}"
@@ -61,7 +62,7 @@ start_nodes() {
 	# The gateway publishes GATEWAY_PORT (from the env file) on each node.
 	port="$(sed -n 's/^GATEWAY_PORT=//p' "$ENV_FILE" | tail -n 1)"
 	port="${port:-3000}"
-	docker build --quiet --tag "$NODE_IMAGE" swarm/node >/dev/null
+	docker build --quiet --tag "$NODE_IMAGE" deploy/swarm/node >/dev/null
 	docker network inspect "$NETWORK" >/dev/null 2>&1 || docker network create "$NETWORK" >/dev/null
 	for i in "${!NODES[@]}"; do
 		node="${NODES[$i]}"
@@ -112,13 +113,13 @@ copy_images() {
 
 deploy() {
 	docker exec --env PWC_ENV_FILE=/run/pwc.env --env PWC_STACK="$STACK" --env PWC_IMAGE_PREFIX="$IMAGE_PREFIX" \
-		"$(container node1)" /src/scripts/swarm.sh up
+		"$(container node1)" /src/deploy/swarm/swarm.sh up
 }
 
 status() {
 	on node1 docker node ls
 	printf '\n'
-	docker exec --env PWC_STACK="$STACK" "$(container node1)" /src/scripts/swarm.sh status
+	docker exec --env PWC_STACK="$STACK" "$(container node1)" /src/deploy/swarm/swarm.sh status
 }
 
 # The (now empty) cgroups that a node's engine made under its --cgroup-parent, deepest first.

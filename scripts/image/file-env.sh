@@ -1,5 +1,6 @@
 # shellcheck shell=bash
-# Sourced by db-bootstrap.sh and broker-bootstrap.sh (installed beside them in /usr/local/bin).
+# Sourced by db-bootstrap.sh, db-healthcheck.sh and broker-bootstrap.sh (scripts/image/, all installed
+# together in /usr/local/bin, so each finds it beside itself).
 #
 # file_env VAR: VAR comes from $VAR, or from the content of the file named by $VAR_FILE
 # (the Docker secrets convention); setting both is an error. VAR_FILE is unset afterwards.

@@ -1,19 +1,19 @@
 #!/usr/bin/env bash
-# Runs play-with-containers on Docker Swarm (swarm/stack.yml; docs/swarm.md explains the design).
-#   scripts/swarm.sh up                  initialise a single-node swarm if this engine is in none, label the
-#                                        storage node, create the secrets from .env, deploy the stack, wait
-#                                        until every service has converged, print the state
-#   scripts/swarm.sh down [--volumes]    remove the stack; --volumes also removes its volumes (all data)
-#                                        and its secrets
-#   scripts/swarm.sh status              services, running tasks and their health
+# Runs play-with-containers on Docker Swarm (deploy/swarm/stack.yml; docs/swarm.md explains the design).
+#   deploy/swarm/swarm.sh up                  initialise a single-node swarm if this engine is in none,
+#                                             label the storage node, create the secrets from .env, deploy
+#                                             the stack, wait until every service has converged, print the state
+#   deploy/swarm/swarm.sh down [--volumes]    remove the stack; --volumes also removes its volumes (all data)
+#                                             and its secrets
+#   deploy/swarm/swarm.sh status              services, running tasks and their health
 # Settings (environment): PWC_ENV_FILE (default .env), PWC_STACK (stack name, default pwc),
 #   PWC_IMAGE_PREFIX (prepended to image names, default none), GATEWAY_REPLICAS (default: one per
 #   node, at most 3), SWARM_ADVERTISE_ADDR (for swarm init, default 127.0.0.1), PWC_SWARM_TIMEOUT
 #   (seconds to wait for convergence, default 300).
 set -Eeuo pipefail
 
-cd "$(dirname "${BASH_SOURCE[0]}")/.."
-readonly STACK_FILE=swarm/stack.yml
+cd "$(dirname "${BASH_SOURCE[0]}")/../.."
+readonly STACK_FILE=deploy/swarm/stack.yml
 readonly ENV_FILE="${PWC_ENV_FILE:-.env}"
 readonly STACK="${PWC_STACK:-pwc}"
 readonly IMAGE_PREFIX="${PWC_IMAGE_PREFIX:-}"
