@@ -138,19 +138,20 @@ set_app_password() {
 
 # Schema changes are versioned files, $MIGRATIONS_DIR/NNN_description.sql (config/<db>/migrations/ in the
 # repository), applied in order: each once, in its own transaction, as the owner role, and recorded in
-# schema_migrations with its SHA-256. A migration that fails is rolled back and stops the start, naming its
+# admin.schema_migrations with its SHA-256. A migration that fails is rolled back and stops the start, naming its
 # file; an applied migration whose file has changed since is refused (the change belongs in a new one).
 apply_migrations() {
 	local file name checksum recorded applied=()
 	psql_in "$APP_DB_NAME" <<-'SQL'
 	SET ROLE :"owner";
-	CREATE TABLE IF NOT EXISTS schema_migrations (
+	-- Outside the public schema: the application role cannot even see it, and the default privileges
+	-- (for the public schema) do not apply to it, also when a backup is restored.
+	CREATE SCHEMA IF NOT EXISTS admin;
+	CREATE TABLE IF NOT EXISTS admin.schema_migrations (
 	    name       text PRIMARY KEY,
 	    checksum   text NOT NULL,
 	    applied_at timestamptz NOT NULL DEFAULT now()
 	);
-	-- The apps use their tables, never this one.
-	REVOKE ALL ON schema_migrations FROM :"app";
 	SQL
 	for file in "$MIGRATIONS_DIR"/*.sql; do
 		name="$(basename "$file")"
@@ -158,7 +159,7 @@ apply_migrations() {
 			|| die "migration $name: the file name must be NNN_description.sql (3 digits, then a-z, 0-9, _)"
 		checksum="$(sha256sum "$file" | cut -d' ' -f1)"
 		recorded="$(psql_in "$APP_DB_NAME" --tuples-only --no-align --set=name="$name" <<-'SQL'
-		SELECT checksum FROM schema_migrations WHERE name = :'name';
+		SELECT checksum FROM admin.schema_migrations WHERE name = :'name';
 		SQL
 		)"
 		if [[ -n "$recorded" ]]; then
@@ -170,7 +171,7 @@ apply_migrations() {
 			--set=checksum="$checksum" <<-'SQL' || die "migration $name failed (the error is above): rolled back, nothing of it was applied"
 		SET ROLE :"owner";
 		\i :file
-		INSERT INTO schema_migrations (name, checksum) VALUES (:'name', :'checksum');
+		INSERT INTO admin.schema_migrations (name, checksum) VALUES (:'name', :'checksum');
 		SQL
 		applied+=("$name")
 	done

@@ -35,7 +35,7 @@ def sha256(path: Path) -> str:
 
 @pytest.mark.parametrize("service", DATABASES)
 def test_a_new_volume_has_every_migration_applied_and_recorded_with_its_checksum(stack: Stack, service: str) -> None:
-    recorded = stack.psql(service, "SELECT name || ' ' || checksum FROM schema_migrations ORDER BY name")
+    recorded = stack.psql(service, "SELECT name || ' ' || checksum FROM admin.schema_migrations ORDER BY name")
     assert recorded.splitlines() == [f"{path.name} {sha256(path)}" for path in shipped(service)]
 
 
@@ -45,16 +45,17 @@ def test_tables_of_migrations_belong_to_the_owner_and_the_app_may_not_touch_the_
 ) -> None:
     db = stack.env["INVENTORY_DB_NAME" if service == "inventory-db" else "BILLING_DB_NAME"]
     app = stack.env["INVENTORY_DB_USER" if service == "inventory-db" else "BILLING_DB_USER"]
-    owners = stack.psql(service, "SELECT tableowner FROM pg_tables WHERE tablename IN ('schema_migrations', "
-                        f"'{table}') ORDER BY tablename")  # fmt: skip
-    assert owners.splitlines() == [f"{db}_owner", f"{db}_owner"]
+    owners = stack.psql(service, "SELECT schemaname || '.' || tablename || ' ' || tableowner FROM pg_tables "
+                        "WHERE schemaname IN ('public', 'admin') ORDER BY 1")  # fmt: skip
+    assert owners.splitlines() == [f"admin.schema_migrations {db}_owner", f"public.{table} {db}_owner"]
     rights = stack.psql(
         service,
         f"SELECT has_table_privilege('{app}', '{table}', 'INSERT'), "
-        f"has_table_privilege('{app}', 'schema_migrations', 'SELECT'), "
-        f"has_table_privilege('{app}', 'schema_migrations', 'INSERT')",
+        f"has_schema_privilege('{app}', 'admin', 'USAGE'), "
+        f"has_table_privilege('{app}', 'admin.schema_migrations', 'SELECT'), "
+        f"has_table_privilege('{app}', 'admin.schema_migrations', 'INSERT')",
     )
-    assert rights == "t|f|f"
+    assert rights == "t|f|f|f"
 
 
 def test_the_orders_of_one_user_are_paged_through_the_index_on_user_and_id(stack: Stack) -> None:
@@ -151,7 +152,8 @@ def test_a_new_migration_is_applied_at_the_next_start_and_every_row_is_kept(data
     add_migration(database, "900_orders_note.sql", "ALTER TABLE orders ADD COLUMN note text NOT NULL DEFAULT '';\n")
     assert database.restart_with() == "running healthy"
     assert database.psql("SELECT count(*), min(note), max(note) FROM orders") == "50||"
-    assert database.psql("SELECT name FROM schema_migrations ORDER BY name").splitlines()[-1] == "900_orders_note.sql"
+    applied = database.psql("SELECT name FROM admin.schema_migrations ORDER BY name").splitlines()
+    assert applied[-1] == "900_orders_note.sql"
     assert "schema migrations: 1 applied now (900_orders_note.sql)" in database.logs()
     # The new column is the app's to write, as every table and column the owner creates.
     assert database.psql("SELECT has_column_privilege('billing_app', 'orders', 'note', 'UPDATE')") == "t"
@@ -178,7 +180,7 @@ def test_a_broken_migration_stops_the_start_naming_its_file_and_changes_nothing(
     assert database.restart_with() == "running healthy"
     assert database.psql("SELECT count(*) FROM orders") == "1"
     assert database.psql("SELECT to_regclass('half_done') IS NULL") == "t"
-    assert "901_half_done.sql" not in database.psql("SELECT string_agg(name, ' ') FROM schema_migrations")
+    assert "901_half_done.sql" not in database.psql("SELECT string_agg(name, ' ') FROM admin.schema_migrations")
 
 
 def test_an_applied_migration_whose_file_changed_is_refused(database: Database) -> None:

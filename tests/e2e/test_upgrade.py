@@ -178,7 +178,7 @@ def test_a_stack_of_the_last_release_is_upgraded_in_place_without_losing_a_row(
     # The release's schema became migration 001, and every later migration was applied to its volume.
     for service in ("inventory-db", "billing-db"):
         shipped = sorted(p.name for p in (ROOT / "config" / service / "migrations").glob("*.sql"))
-        assert deployment.psql(service, "SELECT name FROM schema_migrations ORDER BY name").split() == shipped
+        assert deployment.psql(service, "SELECT name FROM admin.schema_migrations ORDER BY name").split() == shipped
     indexes = deployment.psql(
         "billing-db", "SELECT string_agg(indexname, ' ') FROM pg_indexes WHERE tablename = 'orders'"
     )
