@@ -78,9 +78,10 @@ def cpu_ns(container_id: str) -> int | None:
     return None
 
 
-class Load:
+class Wrk:
     """wrk runs from inside a container's network namespace; the CPU each container used during a
-    run is divided by the requests served (microseconds of CPU per request)."""
+    run is divided by the requests served (microseconds of CPU per request). wrk, not tests/load.py
+    (the tests' load generator): the figures are ceilings, and a Python client would be the bottleneck."""
 
     def __init__(self, stack: Stack, duration: int, scripts: Path, extra_containers: tuple[str, ...] = ()) -> None:
         self.stack = stack
@@ -450,7 +451,7 @@ def main() -> None:
             HELLO,
         )
         hello = f"http://{ip_of(stack, hello_name)}:8080/"
-        load = Load(stack, options.duration, scripts, (hello_name,))
+        load = Wrk(stack, options.duration, scripts, (hello_name,))
         time.sleep(2)
         http: dict[str, Any] = {}
         try:

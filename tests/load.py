@@ -15,8 +15,14 @@ in time and in requests.
 In the background, while the caller does something else (kills containers, say):
 
     with Load("http://127.0.0.1:3000", scenario, clients=8, rate=20, seconds=600) as load:
+        load.wait_sent(100)
         ...
     report = load.report
+
+Several base URLs share the clients out (client i talks to ``base_url[i % len(base_url)]``). A scenario
+of independent requests, the n-th of the run made by ``make(n)``: ``numbered(make, pause)``.
+The one load generator of the repository: the failure suite, the swarm tests (tests/swarm/swarm_stack.py)
+and quick measurements use it; the benchmark (bench/) drives ``wrk`` instead, for its throughput.
 
 As a command: ``python tests/load.py http://127.0.0.1:3000/health --rate 50 --seconds 10``.
 """
@@ -25,15 +31,18 @@ from __future__ import annotations
 
 import argparse
 import http.client
+import itertools
 import json
 import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
+
+from stack import request_body, wait_for
 
 
 @dataclass
@@ -130,11 +139,7 @@ class Client:
         """Wait for the next slot, send, record and return the result (raises :class:`RunOver` when the run is over)."""
         self._pacer.next_slot()
         request_id = uuid.uuid4().hex
-        all_headers = {"X-Request-ID": request_id, **(headers or {})}
-        data = raw
-        if body is not None:
-            data = json.dumps(body).encode()
-            all_headers.setdefault("Content-Type", "application/json")
+        data, all_headers = request_body(body, {"X-Request-ID": request_id, **(headers or {})}, raw)
         if not self.keep_alive:
             all_headers["Connection"] = "close"
         started = time.monotonic()
@@ -163,6 +168,24 @@ class Client:
 
 
 Scenario = Callable[[Client, int], None]
+# (method, path, JSON body or None) of the n-th request of a run.
+RequestMaker = Callable[[int], tuple[str, str, Any]]
+
+
+def numbered(make: RequestMaker, pause: float = 0.0) -> Scenario:
+    """A scenario of independent requests: the n-th request of the run (counted from 1 over every
+    client) is ``make(n)``; each client waits ``pause`` seconds after each answer."""
+    numbers = itertools.count(1)
+    lock = threading.Lock()
+
+    def scenario(client: Client, _iteration: int) -> None:
+        with lock:
+            number = next(numbers)
+        client.request(*make(number))
+        if pause:
+            time.sleep(pause)
+
+    return scenario
 
 
 @dataclass
@@ -193,6 +216,24 @@ class LoadReport:
             "latency_max": round(latencies[-1], 4) if latencies else None,
         }
 
+    def failures(self, expected: int = 200) -> list[str]:
+        """Every request not answered ``expected``, and every error of the scenario itself, one line each."""
+        lines = [
+            f"{r.method} {r.path}: {r.status} {r.body[:200]!r}" if r.answered else f"{r.method} {r.path}: {r.error}"
+            for r in self.results
+            if r.status != expected
+        ]
+        return lines + self.errors
+
+    def brief(self) -> str:
+        return f"{len(self.results)} requests, {len(self.failures())} failed"
+
+    def header_counts(self, name: str, missing: str | None = None) -> Counter[str]:
+        """How many answers carried each value of the header ``name`` (lower case); answers without it
+        count as ``missing``, or not at all when it is None."""
+        values = (r.headers.get(name, missing) for r in self.results if r.answered)
+        return Counter(value for value in values if value is not None)
+
 
 class Load:
     """A load run in background threads; ``with Load(...) as load:`` runs until the block ends
@@ -200,7 +241,7 @@ class Load:
 
     def __init__(
         self,
-        base_url: str,
+        base_url: str | Sequence[str],
         scenario: Scenario,
         *,
         clients: int,
@@ -210,7 +251,7 @@ class Load:
         timeout: float = 30.0,
         keep_alive: bool = False,
     ) -> None:
-        self.base_url = base_url
+        self.base_urls = [base_url] if isinstance(base_url, str) else list(base_url)
         self.scenario = scenario
         self.clients = clients
         self.rate = rate
@@ -248,7 +289,8 @@ class Load:
         pacer = _Pacer(self.rate, time.monotonic() + self.seconds, self.max_requests, self.stop_event)
         self._pacer = pacer
         for index in range(self.clients):
-            client = Client(index, self.base_url, pacer, self._record, self.timeout, self.keep_alive)
+            base_url = self.base_urls[index % len(self.base_urls)]
+            client = Client(index, base_url, pacer, self._record, self.timeout, self.keep_alive)
             thread = threading.Thread(target=self._client_loop, args=(client,), name=f"load-{index}", daemon=True)
             self._threads.append(thread)
             thread.start()
@@ -264,18 +306,47 @@ class Load:
         with self._lock:
             return list(self._results)
 
+    @property
+    def sent(self) -> int:
+        """Requests done so far (answered or not)."""
+        with self._lock:
+            return len(self._results)
+
+    @property
+    def finished(self) -> bool:
+        """Every client is done: the time or request budget is spent, or the run was stopped."""
+        return not any(thread.is_alive() for thread in self._threads)
+
+    def wait_sent(self, count: int, timeout: float = 120) -> None:
+        """Wait until ``count`` requests are done (or the run is over before that)."""
+        wait_for(lambda: self.sent >= count or self.finished, timeout, 0.2, f"{count} requests sent")
+
+    def wait_finished(self, timeout: float) -> LoadReport:
+        """Wait until the time or request budget is spent (failing after ``timeout``)."""
+        wait_for(lambda: self.finished, timeout, 0.2, "the load to finish")
+        return self.stop()
+
+    def snapshot(self) -> LoadReport:
+        """The report of what is done so far, while the run goes on."""
+        return self._report([])
+
+    def _report(self, extra_errors: list[str]) -> LoadReport:
+        assert self._pacer is not None, "not started"
+        with self._lock:
+            return LoadReport(
+                list(self._results),
+                time.monotonic() - self._pacer.started,
+                self._pacer.late,
+                self._errors + extra_errors,
+            )
+
     def stop(self) -> LoadReport:
         """Stop issuing requests, wait for those in flight (bounded by the request timeout)."""
         self.stop_event.set()
         for thread in self._threads:
             thread.join(timeout=self.timeout + 5)
         stuck = [t.name for t in self._threads if t.is_alive()]
-        assert self._pacer is not None
-        with self._lock:
-            errors = self._errors + [f"{name}: still running after the request timeout" for name in stuck]
-            self.report = LoadReport(
-                list(self._results), time.monotonic() - self._pacer.started, self._pacer.late, errors
-            )
+        self.report = self._report([f"{name}: still running after the request timeout" for name in stuck])
         return self.report
 
     def wait(self) -> LoadReport:
@@ -291,29 +362,9 @@ class Load:
         self.stop()
 
 
-def run_load(
-    base_url: str,
-    scenario: Scenario,
-    *,
-    clients: int,
-    rate: float | None,
-    seconds: float,
-    max_requests: int = 1_000_000,
-    timeout: float = 30.0,
-    keep_alive: bool = False,
-) -> LoadReport:
-    """Run ``scenario`` in ``clients`` threads until ``seconds`` or ``max_requests`` is reached."""
-    load = Load(
-        base_url,
-        scenario,
-        clients=clients,
-        rate=rate,
-        seconds=seconds,
-        max_requests=max_requests,
-        timeout=timeout,
-        keep_alive=keep_alive,
-    )
-    return load.start().wait()
+def run_load(base_url: str | Sequence[str], scenario: Scenario, **options: Any) -> LoadReport:
+    """Run ``scenario`` (the options of :class:`Load`) until ``seconds`` or ``max_requests`` is reached."""
+    return Load(base_url, scenario, **options).start().wait()
 
 
 def main() -> None:

@@ -4,16 +4,19 @@ helpers to talk to it the way a user or an operator would."""
 from __future__ import annotations
 
 import base64
+import itertools
 import json
 import os
 import secrets
 import subprocess
+import threading
 import time
 import urllib.error
 import urllib.request
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 ROOT = Path(__file__).resolve().parent.parent
 # Override both to run two test stacks side by side (e.g. PWC_TEST_PREFIX=pwc-test2 PWC_TEST_PORT=3301).
@@ -52,8 +55,90 @@ def request_body(body: Any, headers: dict[str, str] | None, raw: bytes | None) -
     return json.dumps(body).encode(), all_headers
 
 
+def http(
+    method: str,
+    path: str,
+    body: Any = None,
+    headers: dict[str, str] | None = None,
+    raw: bytes | None = None,
+    timeout: float = 30,
+    port: int = PORT,
+) -> Response:
+    """One request to a gateway published on 127.0.0.1:``port``; any HTTP status is an answer."""
+    data, all_headers = request_body(body, headers, raw)
+    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=data, method=method, headers=all_headers)
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as answer:
+            return Response(answer.status, {k.lower(): v for k, v in answer.headers.items()}, answer.read())
+    except urllib.error.HTTPError as error:
+        return Response(error.code, {k.lower(): v for k, v in error.headers.items()}, error.read())
+
+
+# One sequence for the whole run, so two callers never get the same user; its random start keeps the
+# users of earlier runs on a kept stack (PWC_KEEP_STACK=1) out of the way. Far above the fixed user_ids
+# the tests use (the audit's 20 and 22, 424242), below INT_MAX (2147483647) with 147 million to spare.
+_users = itertools.count(1_000_000_000 + secrets.randbelow(1_000_000_000))
+_users_lock = threading.Lock()
+
+
+def fresh_user() -> int:
+    """A user_id no other caller in this run gets, and no earlier run is likely to have used."""
+    with _users_lock:
+        return next(_users)
+
+
+class OrderRow(NamedTuple):
+    """A stored order as the checks compare it: its message id, and the request id it carried ("" if none)."""
+
+    message_id: str
+    request_id: str
+
+
+class Operator:
+    """What an operator does inside the stack's containers, the same way whether compose or swarm runs
+    them: SQL as the local postgres superuser, the broker's queue counters, the stored orders.
+    Subclasses say how to run a command in a service's container (:meth:`output`)."""
+
+    env: dict[str, str]
+
+    def output(self, service: str, *command: str, user: str | None = None) -> str:
+        """The standard output of ``command`` run in a container of ``service`` (fails on a non-zero exit)."""
+        raise NotImplementedError
+
+    def psql(self, service: str, sql: str) -> str:
+        """Run SQL as the local postgres superuser (peer auth), the operator's way in."""
+        db = self.env["INVENTORY_DB_NAME"] if service == "inventory-db" else self.env["BILLING_DB_NAME"]
+        return self.output(
+            service, "psql", "-X", "-q", "-At", "-v", "ON_ERROR_STOP=1", "-d", db, "-c", sql, user="postgres"
+        ).strip()
+
+    def queue_stat(self, queue: str, column: str) -> int:
+        """One of rabbitmqctl's counters of a queue (``messages``, ``messages_unacknowledged``...)."""
+        out = self.output("rabbit-queue", "rabbitmqctl", "-q", "list_queues", "name", column)
+        for line in out.splitlines():
+            parts = line.split()
+            if len(parts) == 2 and parts[0] == queue:
+                return int(parts[1])
+        raise AssertionError(f"queue {queue} not found in:\n{out}")
+
+    def queue_depth(self, queue: str) -> int:
+        """Messages in the queue, ready or unacknowledged."""
+        return self.queue_stat(queue, "messages")
+
+    def order_rows(self, *, user_id: int | None = None, message_id: str | None = None) -> list[OrderRow]:
+        """Every stored order of ``user_id``, or with ``message_id``, in the order they were stored."""
+        if (user_id is None) == (message_id is None):
+            raise TypeError("order_rows() takes user_id or message_id")
+        where = f"user_id = {int(user_id)}" if user_id is not None else f"message_id = '{uuid.UUID(message_id)}'"
+        out = self.psql(
+            "billing-db",
+            f"SELECT message_id, coalesce(request_id, '') FROM orders WHERE {where} ORDER BY id",
+        )
+        return [OrderRow(*line.split("|", 1)) for line in out.splitlines()]
+
+
 @dataclass
-class Stack:
+class Stack(Operator):
     env_file: Path
     env: dict[str, str] = field(default_factory=dict)
     # Another project than the session's (e.g. tests/e2e/test_compose_v1.py): its prefix, port, compose command.
@@ -116,20 +201,8 @@ class Stack:
             "docker", "exec", *interactive, *user_args, self.container(service), *command, check=check, input=input
         )
 
-    def psql(self, service: str, sql: str) -> str:
-        """Run SQL as the local postgres superuser (peer auth), the operator's way in."""
-        db = self.env["INVENTORY_DB_NAME"] if service == "inventory-db" else self.env["BILLING_DB_NAME"]
-        return self.exec(
-            service, "psql", "-X", "-q", "-At", "-v", "ON_ERROR_STOP=1", "-d", db, "-c", sql, user="postgres"
-        ).stdout.strip()
-
-    def queue_depth(self, queue: str) -> int:
-        out = self.exec("rabbit-queue", "rabbitmqctl", "-q", "list_queues", "name", "messages").stdout
-        for line in out.splitlines():
-            parts = line.split()
-            if len(parts) == 2 and parts[0] == queue:
-                return int(parts[1])
-        raise AssertionError(f"queue {queue} not found in:\n{out}")
+    def output(self, service: str, *command: str, user: str | None = None) -> str:
+        return self.exec(service, *command, user=user).stdout
 
     # --- HTTP through the published port ----------------------------------------------------
 
@@ -142,15 +215,7 @@ class Stack:
         raw: bytes | None = None,
         timeout: float = 30,
     ) -> Response:
-        data, all_headers = request_body(body, headers, raw)
-        request = urllib.request.Request(
-            f"http://127.0.0.1:{self.port}{path}", data=data, method=method, headers=all_headers
-        )
-        try:
-            with urllib.request.urlopen(request, timeout=timeout) as answer:
-                return Response(answer.status, {k.lower(): v for k, v in answer.headers.items()}, answer.read())
-        except urllib.error.HTTPError as error:
-            return Response(error.code, {k.lower(): v for k, v in error.headers.items()}, error.read())
+        return http(method, path, body, headers, raw, timeout, self.port)
 
 
 # Runs inside the gateway container (on the backend network) to reach an internal app directly.

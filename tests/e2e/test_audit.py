@@ -12,10 +12,6 @@ from stack import PORT, PREFIX, PROJECT, SERVICES, VOLUMES, Stack, run, wait_for
 pytestmark = pytest.mark.e2e
 
 
-def order_rows(stack: Stack, message_id: str) -> int:
-    return int(stack.psql("billing-db", f"SELECT count(*) FROM orders WHERE message_id = '{message_id}'"))
-
-
 def test_the_six_containers_run_with_their_service_names_and_images(stack: Stack) -> None:
     names = run(
         "docker", "ps", "--filter", f"label=com.docker.compose.project={PROJECT}", "--format", "{{.Names}} {{.Image}}"
@@ -68,7 +64,7 @@ def test_billing_order_is_queued_and_stored(stack: Stack) -> None:
     body = answer.json()
     assert body["status"] == "queued"
     message_id = str(uuid.UUID(body["message_id"]))
-    wait_for(lambda: order_rows(stack, message_id) == 1, 30, what="the order row")
+    wait_for(lambda: len(stack.order_rows(message_id=message_id)) == 1, 30, what="the order row")
     row = stack.psql(
         "billing-db", f"SELECT user_id, number_of_items, total_amount FROM orders WHERE message_id = '{message_id}'"
     )
@@ -82,10 +78,10 @@ def test_order_sent_while_billing_app_is_stopped_is_stored_once_it_restarts(stac
         assert answer.status == 200, answer.body
         message_id = answer.json()["message_id"]
         wait_for(lambda: stack.queue_depth("billing_queue") >= 1, 10, what="the message to wait in the queue")
-        assert order_rows(stack, message_id) == 0
+        assert stack.order_rows(message_id=message_id) == []
     finally:
         run("docker", "start", stack.container("billing-app"))
-    wait_for(lambda: order_rows(stack, message_id) == 1, 60, what="the backlog to be stored")
+    wait_for(lambda: len(stack.order_rows(message_id=message_id)) == 1, 60, what="the backlog to be stored")
     # Acknowledged after the commit; the broker's counters catch up within seconds.
     wait_for(lambda: stack.queue_depth("billing_queue") == 0, 30, what="the queue to drain")
     stack.wait_healthy("billing-app")

@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import random
 import shutil
 import stat
 import subprocess
@@ -22,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from stack import PREFIX, ROOT, Stack, wait_for
+from stack import PREFIX, ROOT, Stack, fresh_user, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -121,13 +120,12 @@ def create_movie(stack: Stack, title: str, description: str = "") -> dict[str, o
 
 def place_orders(stack: Stack, count: int) -> int:
     """POST ``count`` orders of a fresh user and wait until billing-app has stored them all."""
-    user_id = random.randint(100_000_000, 2**31 - 2)
+    user_id = fresh_user()
     for index in range(count):
         body = {"user_id": user_id, "number_of_items": index + 1, "total_amount": f"{index}.{index:02d}"}
         answer = stack.http("POST", "/api/billing", body)
         assert answer.status == 200, (answer.status, answer.body)
-    stored = f"SELECT count(*) FROM orders WHERE user_id = {user_id}"
-    wait_for(lambda: int(stack.psql("billing-db", stored)) == count, timeout=60, what=f"{count} orders stored")
+    wait_for(lambda: len(stack.order_rows(user_id=user_id)) == count, timeout=60, what=f"{count} orders stored")
     return user_id
 
 

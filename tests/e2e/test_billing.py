@@ -9,7 +9,6 @@ Tests that stop or kill something restore it and wait until the whole stack is h
 from __future__ import annotations
 
 import json
-import random
 import re
 import subprocess
 import threading
@@ -25,7 +24,7 @@ from typing import Any
 import pytest
 
 from common.orders import message_id
-from stack import ROOT, Response, Stack, internal_http, run, wait_for
+from stack import ROOT, Response, Stack, fresh_user, internal_http, run, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -37,11 +36,6 @@ DRAIN_ORDERS = 10_000
 
 
 # --- helpers -----------------------------------------------------------------------------------
-
-
-def fresh_user() -> int:
-    """A user_id no other test (or earlier run) uses."""
-    return random.randint(100_000_000, 2**31 - 2)
 
 
 def order(user_id: int, items: Any = 1, amount: Any = "9.99") -> dict[str, Any]:
@@ -68,8 +62,7 @@ def post_orders(stack: Stack, user_id: int, count: int, workers: int = 8) -> lis
 
 def stored_ids(stack: Stack, user_id: int) -> list[str]:
     """message_id of every stored order of ``user_id`` (one entry per row)."""
-    out = stack.psql("billing-db", f"SELECT message_id FROM orders WHERE user_id = {int(user_id)} ORDER BY id")
-    return out.split()
+    return [row.message_id for row in stack.order_rows(user_id=user_id)]
 
 
 def count_rows(stack: Stack, where: str) -> int:
@@ -217,15 +210,6 @@ def supervised_pid(stack: Stack, program: str) -> int | None:
     status = stack.exec("billing-app", "supervisorctl", "status", program, check=False).stdout
     match = re.search(rf"^{program}\s+RUNNING\s+pid (\d+),", status, re.MULTILINE)
     return int(match.group(1)) if match else None
-
-
-def unacknowledged(stack: Stack, queue: str) -> int:
-    out = stack.exec("rabbit-queue", "rabbitmqctl", "-q", "list_queues", "name", "messages_unacknowledged").stdout
-    for line in out.splitlines():
-        parts = line.split()
-        if len(parts) == 2 and parts[0] == queue:
-            return int(parts[1])
-    raise AssertionError(f"queue {queue} not found in:\n{out}")
 
 
 @contextmanager
@@ -394,7 +378,9 @@ def test_a_consumer_killed_mid_batch_is_restarted_in_place_and_no_order_is_lost_
             30,
             what="the consumer's INSERT to wait for the lock",
         )
-        held = wait_for(lambda: unacknowledged(stack, QUEUE), 30, what="the broker to count the batch in hand")
+        held = wait_for(
+            lambda: stack.queue_stat(QUEUE, "messages_unacknowledged"), 30, what="the broker to count the batch in hand"
+        )
         stack.exec("billing-app", "sh", "-c", f"kill -KILL {old_pid}")
         new_pid = wait_for(
             lambda: (pid := supervised_pid(stack, "consumer")) not in (None, old_pid) and pid,
@@ -543,9 +529,7 @@ def test_the_request_id_of_the_post_is_stored_with_the_order(stack: Stack) -> No
     assert answer.status == 200 and answer.headers["x-request-id"] == "billing-trace-1"
     message_id = answer.json()["message_id"]
     assert_stored_exactly_once(stack, user, [message_id], timeout=60)
-    assert stack.psql("billing-db", f"SELECT request_id FROM orders WHERE message_id = '{message_id}'") == (
-        "billing-trace-1"
-    )
+    assert [row.request_id for row in stack.order_rows(message_id=message_id)] == ["billing-trace-1"]
 
 
 def test_get_orders_lists_stored_orders_and_filters_by_user(stack: Stack) -> None:

@@ -39,10 +39,6 @@ def require_compose_v1() -> None:
         pytest.fail(f"docker-compose here is Compose {version}, not v1.29 (Debian's docker-compose package)")
 
 
-def order_rows(stack: Stack, message_id: str) -> int:
-    return int(stack.psql("billing-db", f"SELECT count(*) FROM orders WHERE message_id = '{message_id}'"))
-
-
 @pytest.fixture(scope="module")
 def v1(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     require_compose_v1()
@@ -171,7 +167,7 @@ def test_movies_and_billing_answer_200(v1: Stack) -> None:
     answer = v1.http("POST", "/api/billing/", {"user_id": "20", "number_of_items": "99", "total_amount": "250"})
     assert answer.status == 200, answer.body
     message_id = str(uuid.UUID(answer.json()["message_id"]))
-    wait_for(lambda: order_rows(v1, message_id) == 1, 30, what="the order row")
+    wait_for(lambda: len(v1.order_rows(message_id=message_id)) == 1, 30, what="the order row")
 
 
 def test_order_sent_while_billing_app_is_stopped_is_stored_once_it_starts(v1: Stack) -> None:
@@ -181,8 +177,8 @@ def test_order_sent_while_billing_app_is_stopped_is_stored_once_it_starts(v1: St
         assert answer.status == 200, answer.body
         message_id = answer.json()["message_id"]
         wait_for(lambda: v1.queue_depth("billing_queue") >= 1, 10, what="the message to wait in the queue")
-        assert order_rows(v1, message_id) == 0
+        assert v1.order_rows(message_id=message_id) == []
     finally:
         v1.compose("start", "billing-app")
-    wait_for(lambda: order_rows(v1, message_id) == 1, 60, what="the backlog to be stored")
+    wait_for(lambda: len(v1.order_rows(message_id=message_id)) == 1, 60, what="the backlog to be stored")
     v1.wait_healthy("billing-app")

@@ -42,7 +42,7 @@ import pytest
 
 from common.server import Limits
 from load import Client, Load, Result, run_load
-from stack import PORT, ROOT, SERVICES, Stack, run, wait_for
+from stack import PORT, ROOT, SERVICES, Stack, fresh_user, run, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -126,15 +126,9 @@ def kill_main_process(stack: Stack, service: str) -> int:
     return pid
 
 
-def queue_depth(stack: Stack, queue: str) -> int:
-    out = stack.exec("rabbit-queue", "rabbitmqctl", "-q", "list_queues", "name", "messages").stdout
-    depths = dict(line.split() for line in out.splitlines() if len(line.split()) == 2)
-    return int(depths[queue])
-
-
 def wait_queue_empty(stack: Stack, timeout: float = 180) -> None:
     """Quorum-queue counters lag: poll until the billing queue holds nothing (ready or unacknowledged)."""
-    wait_for(lambda: queue_depth(stack, QUEUE) == 0, timeout, interval=1, what=f"{QUEUE} to be empty")
+    wait_for(lambda: stack.queue_depth(QUEUE) == 0, timeout, interval=1, what=f"{QUEUE} to be empty")
 
 
 def eventually(predicate: Any, timeout: float) -> bool:
@@ -153,16 +147,6 @@ def status_of(stack: Stack, method: str, path: str) -> int | None:
         return stack.http(method, path, timeout=10).status
     except OSError:  # URLError, connection reset, timeout
         return None
-
-
-def fresh_user() -> int:
-    return int.from_bytes(os.urandom(4), "big") % 1_000_000_000 + 1_000_000_000
-
-
-def order_rows(stack: Stack, user_id: int) -> list[tuple[str, str]]:
-    """(message_id, request_id) of every stored order of ``user_id``."""
-    out = stack.psql("billing-db", f"SELECT message_id, coalesce(request_id, '') FROM orders WHERE user_id = {user_id}")
-    return [tuple(line.split("|", 1)) for line in out.splitlines()]  # type: ignore[misc]
 
 
 def assert_json_error(status: int, headers: dict[str, str], body: bytes, expected: int) -> dict[str, Any]:
@@ -297,7 +281,7 @@ def test_under_load_every_container_killed_in_turn_loses_and_duplicates_nothing_
     stack.wait_healthy()
     wait_queue_empty(stack)
     ledger = Ledger(run=f"load-{uuid.uuid4().hex[:8]}", user_id=fresh_user())
-    dlq_before = queue_depth(stack, DLQ)
+    dlq_before = stack.queue_depth(DLQ)
     faults: list[Fault] = []
     load = Load(BASE_URL, load_scenario(ledger), clients=LOAD_CLIENTS, rate=LOAD_RATE, seconds=3600, timeout=30)
     with load:
@@ -339,9 +323,9 @@ def test_under_load_every_container_killed_in_turn_loses_and_duplicates_nothing_
     # ended up stored is reported, but nothing is asserted about them either way.
     unanswered = [r for r in posts if not r.answered]
     # Wait for the backlog (a loss shows below, in the figures, rather than as a timeout here).
-    eventually(lambda: set(accepted) <= {m for m, _ in order_rows(stack, ledger.user_id)}, 240)
+    eventually(lambda: set(accepted) <= {m for m, _ in stack.order_rows(user_id=ledger.user_id)}, 240)
     wait_queue_empty(stack)
-    rows = order_rows(stack, ledger.user_id)
+    rows = stack.order_rows(user_id=ledger.user_id)
     per_message = Counter(m for m, _ in rows)
     per_request = Counter(rid for _, rid in rows)
     request_of = {m: rid for m, rid in rows}
@@ -439,7 +423,7 @@ def test_under_load_every_container_killed_in_turn_loses_and_duplicates_nothing_
     assert wrong_request == [], "an order is stored with another request's id"
     assert stored_refused == [], "an order refused with an explicit status was stored anyway"
     assert strangers == [], f"rows no request of this run accounts for: {strangers[:10]}"
-    assert queue_depth(stack, DLQ) == dlq_before, "orders were dead-lettered during the faults"
+    assert stack.queue_depth(DLQ) == dlq_before, "orders were dead-lettered during the faults"
     assert movies_lost == [], f"movies answered 200 are gone: {movies_lost[:10]}"
     assert movies_duplicated == 0 and movies_wrong == [] and movies_resurrected == []
     # 5xx: only the documented ones (upstream down, broker or database unavailable, upstream timeout).
@@ -565,7 +549,7 @@ def test_a_program_that_dies_on_every_start_goes_fatal_and_docker_restarts_its_c
         user = fresh_user()
         queued = stack.http("POST", "/api/billing", {"user_id": user, "number_of_items": 1, "total_amount": "1"})
         assert queued.status == 200
-        wait_for(lambda: len(order_rows(stack, user)) == 1, 60, what="an order to be stored after the restart")
+        wait_for(lambda: len(stack.order_rows(user_id=user)) == 1, 60, what="an order to be stored after the restart")
     else:
         assert stack.http("GET", "/api/movies?limit=1").status == 200
 
@@ -627,7 +611,7 @@ def test_slow_clients_sending_a_byte_a_second_do_not_hold_up_other_clients(stack
             sock.close()
     print(f"\n{len(latencies)} normal requests during the trickle: slowest {max(latencies) * 1000:.0f} ms")
     assert answers == [b"HTTP/1.1 200 OK"] * len(sockets)
-    wait_for(lambda: len(order_rows(stack, user)) == TRICKLE_SECONDS + len(sockets), 60, what="every order stored")
+    wait_for(lambda: len(stack.order_rows(user_id=user)) == TRICKLE_SECONDS + len(sockets), 60, what="all stored")
     assert supervised_pid(stack, "api-gateway-app", "api-gateway-app") == gateway_pid
 
 
@@ -700,7 +684,7 @@ def test_deeply_nested_or_invalid_utf8_orders_are_400_json_and_nothing_is_queued
     # A valid order last: once it is stored, anything queued before it would be too.
     user = fresh_user()
     assert stack.http("POST", "/api/billing", {"user_id": user, "number_of_items": 1, "total_amount": 1}).status == 200
-    wait_for(lambda: len(order_rows(stack, user)) == 1, 60, what="the valid order to be stored")
+    wait_for(lambda: len(stack.order_rows(user_id=user)) == 1, 60, what="the valid order to be stored")
     wait_queue_empty(stack)
     assert int(stack.psql("billing-db", "SELECT count(*) FROM orders")) == before + 1
     assert stack.health("api-gateway-app") == "healthy"
@@ -743,8 +727,8 @@ def test_200_concurrent_keep_alive_connections_are_served_or_refused_cleanly(sta
         if r.status != 200:
             assert r.headers.get("content-type") == JSON_TYPE and r.json()["error"], r
     accepted = {r.json()["message_id"] for r in report.results if r.path == "/api/billing" and r.status == 200}
-    wait_for(lambda: {m for m, _ in order_rows(stack, user)} == accepted, 120, interval=1, what="the orders")
-    assert len(order_rows(stack, user)) == len(accepted)
+    wait_for(lambda: {m for m, _ in stack.order_rows(user_id=user)} == accepted, 120, interval=1, what="the orders")
+    assert len(stack.order_rows(user_id=user)) == len(accepted)
     # Nothing crashed: no container restarted by Docker, no app process restarted by supervisor.
     assert restart_counts(stack) == restarts
     assert app_pids(stack) == pids

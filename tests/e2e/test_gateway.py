@@ -525,8 +525,8 @@ def test_the_request_id_reaches_inventory_app_log_and_the_stored_order(stack: St
     )
     assert answer.status == 200 and answer.headers["x-request-id"] == order_rid
     message_id = str(uuid.UUID(answer.json()["message_id"]))
-    sql = f"SELECT request_id FROM orders WHERE message_id = '{message_id}'"
-    assert wait_for(lambda: stack.psql("billing-db", sql), 60, what="the stored order") == order_rid
+    rows = wait_for(lambda: stack.order_rows(message_id=message_id), 60, what="the stored order")
+    assert [row.request_id for row in rows] == [order_rid]
 
 
 # --- 6. the logs volume ---------------------------------------------------------------------------------------

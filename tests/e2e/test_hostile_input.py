@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from common.jsonapi import PAGE_DEFAULT, PAGE_MAX
-from stack import Response, Stack, wait_for
+from stack import Response, Stack, fresh_user, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -70,7 +70,7 @@ def test_movie_and_order_lists_answer_the_default_page_and_never_more_than_the_m
         "inventory-db",
         f"INSERT INTO movies (title) SELECT '{tag} ' || n FROM generate_series(1, {count}) AS n",
     )
-    user = int(uuid.uuid4().int % 1_000_000_000) + 1_000_000_000
+    user = fresh_user()
     stack.psql(
         "billing-db",
         "INSERT INTO orders (user_id, number_of_items, total_amount, message_id) "

@@ -304,7 +304,7 @@ def test_no_secret_appears_in_the_logs_after_traffic_and_failed_logins(stack: St
     failed_logins(stack)
     message_id = order.json()["message_id"]
     wait_for(
-        lambda: stack.psql("billing-db", f"SELECT count(*) FROM orders WHERE message_id = '{message_id}'") == "1",
+        lambda: len(stack.order_rows(message_id=message_id)) == 1,
         60,
         what="the order to be stored",
     )

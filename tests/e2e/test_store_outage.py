@@ -22,7 +22,6 @@ from test_billing import (
     assert_stored_exactly_once,
     docker_logs_since,
     docker_now,
-    fresh_user,
     order,
     post_orders,
     publish_direct,
@@ -31,7 +30,7 @@ from test_billing import (
     wait_depth,
 )
 
-from stack import Stack, internal_http, wait_for
+from stack import Stack, fresh_user, internal_http, wait_for
 
 pytestmark = pytest.mark.e2e
 

@@ -1,23 +1,19 @@
-"""The swarm test stack (deploy/swarm/swarm.sh with its own stack name, secrets, volumes, images and port)
-and a bounded HTTP load generator to measure what clients see while tasks die or are replaced."""
+"""The swarm test stack (deploy/swarm/swarm.sh with its own stack name, secrets, volumes, images and port),
+and the bounded load (tests/load.py) that measures what clients see while tasks die or are replaced."""
 
 from __future__ import annotations
 
 import json
 import os
 import subprocess
-import threading
 import time
-import urllib.error
-import urllib.request
-from collections import Counter
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import stack
-from stack import ROOT, Response, run, wait_for
+from load import Load, RequestMaker, numbered
+from stack import ROOT, Operator, Response, run, wait_for
 
 # Override to run next to another swarm test stack (e.g. PWC_SWARM_STACK=pwc-swarm-2 PWC_SWARM_PORT=3401).
 NAME = os.environ.get("PWC_SWARM_STACK", "pwc-swarm-test")
@@ -54,7 +50,7 @@ def make_env_file(path: Path) -> dict[str, str]:
 
 
 @dataclass
-class SwarmStack:
+class SwarmStack(Operator):
     env_file: Path
     env: dict[str, str] = field(default_factory=dict)
     # Failed or rejected tasks of each service right after the deployment converged.
@@ -166,140 +162,35 @@ class SwarmStack:
             parts.append(f"--- {name}\n{out.stdout}{out.stderr}")
         return "\n".join(parts)
 
-    def exec(self, name: str, *command: str, user: str | None = None) -> str:
+    def output(self, service: str, *command: str, user: str | None = None) -> str:
         user_args = ["-u", user] if user else []
-        container = self.containers(name)[0]
+        container = self.containers(service)[0]
         return run("docker", "exec", *user_args, container, *command).stdout
-
-    def psql(self, name: str, sql: str) -> str:
-        """SQL as the local postgres superuser (peer auth), the operator's way in."""
-        db = self.env["INVENTORY_DB_NAME"] if name == "inventory-db" else self.env["BILLING_DB_NAME"]
-        return self.exec(
-            name, "psql", "-X", "-q", "-At", "-v", "ON_ERROR_STOP=1", "-d", db, "-c", sql, user="postgres"
-        ).strip()
-
-    def queue_depth(self, queue: str) -> int:
-        for line in self.exec("rabbit-queue", "rabbitmqctl", "-q", "list_queues", "name", "messages").splitlines():
-            parts = line.split()
-            if len(parts) == 2 and parts[0] == queue:
-                return int(parts[1])
-        raise AssertionError(f"queue {queue} not found")
 
     # --- HTTP through the published port ---------------------------------------------------
 
     def http(self, method: str, path: str, body: Any = None, timeout: float = 15) -> Response:
-        return http(method, path, body, timeout)
+        return stack.http(method, path, body, timeout=timeout, port=PORT)
 
 
-def http(method: str, path: str, body: Any = None, timeout: float = 15, port: int = PORT) -> Response:
-    data = json.dumps(body).encode() if body is not None else None
-    headers = {"Content-Type": "application/json"} if body is not None else {}
-    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=data, method=method, headers=headers)
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as answer:
-            return Response(answer.status, {k.lower(): v for k, v in answer.headers.items()}, answer.read())
-    except urllib.error.HTTPError as error:
-        return Response(error.code, {k.lower(): v for k, v in error.headers.items()}, error.read())
-
-
-# --- bounded load -----------------------------------------------------------------------------
-
-# (method, path, body) of the n-th request of the run.
-RequestMaker = Callable[[int], tuple[str, str, Any]]
-
-
-@dataclass
-class LoadResult:
-    sent: int = 0
-    failures: list[str] = field(default_factory=list)
-    served_by: Counter[str] = field(default_factory=Counter)
-    upstream_served_by: Counter[str] = field(default_factory=Counter)
-    answers: list[Response] = field(default_factory=list)
-
-    def summary(self) -> str:
-        return f"{self.sent} requests, {len(self.failures)} failed"
-
-
-class Load:
-    """``clients`` threads sending requests to 127.0.0.1 until stopped, or until ``max_requests`` in all
-    or ``max_seconds`` have passed, whichever comes first. Any answer but a 200 is a failure.
-    With several ``ports``, the n-th request goes to ``ports[n % len(ports)]``."""
-
-    def __init__(
-        self,
-        make_request: RequestMaker,
-        clients: int = 4,
-        max_requests: int = 20_000,
-        max_seconds: float = 240,
-        pause: float = 0.02,
-        keep_answers: bool = False,
-        ports: tuple[int, ...] = (PORT,),
-    ) -> None:
-        self.make_request = make_request
-        self.ports = ports
-        self.max_requests = max_requests
-        self.deadline = time.monotonic() + max_seconds
-        self.pause = pause
-        self.keep_answers = keep_answers
-        self.result = LoadResult()
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._client, daemon=True) for _ in range(clients)]
-
-    def __enter__(self) -> Load:
-        for thread in self._threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *_exc: object) -> None:
-        self.stop()
-
-    def stop(self) -> LoadResult:
-        self._stop.set()
-        for thread in self._threads:
-            thread.join(timeout=60)
-        return self.result
-
-    @property
-    def sent(self) -> int:
-        return self.result.sent
-
-    def wait_sent(self, count: int, timeout: float = 120) -> None:
-        wait_for(lambda: self.result.sent >= count or self.finished, timeout, 0.2, f"{count} requests sent")
-
-    def wait_finished(self, timeout: float) -> None:
-        wait_for(lambda: self.finished, timeout, 0.2, "the load to finish")
-
-    @property
-    def finished(self) -> bool:
-        return not any(thread.is_alive() for thread in self._threads)
-
-    def _next(self) -> int | None:
-        with self._lock:
-            if self._stop.is_set() or self.result.sent >= self.max_requests or time.monotonic() > self.deadline:
-                return None
-            self.result.sent += 1
-            return self.result.sent
-
-    def _client(self) -> None:
-        while (number := self._next()) is not None:
-            method, path, body = self.make_request(number)
-            try:
-                answer = http(method, path, body, port=self.ports[number % len(self.ports)])
-            except (OSError, urllib.error.URLError) as exc:
-                self._record(f"{method} {path}: {exc!r}", None)
-            else:
-                failure = None if answer.status == 200 else f"{method} {path}: {answer.status} {answer.body[:200]!r}"
-                self._record(failure, answer)
-            time.sleep(self.pause)
-
-    def _record(self, failure: str | None, answer: Response | None) -> None:
-        with self._lock:
-            if failure is not None:
-                self.result.failures.append(failure)
-            if answer is not None:
-                self.result.served_by[answer.headers.get("x-served-by", "?")] += 1
-                if "x-upstream-served-by" in answer.headers:
-                    self.result.upstream_served_by[answer.headers["x-upstream-served-by"]] += 1
-                if self.keep_answers:
-                    self.result.answers.append(answer)
+def swarm_load(
+    make_request: RequestMaker,
+    *,
+    clients: int = 4,
+    max_requests: int = 20_000,
+    seconds: float = 240,
+    pause: float = 0.02,
+    ports: tuple[int, ...] = (PORT,),
+) -> Load:
+    """The swarm tests' load: ``clients`` threads sending ``make_request(n)`` to 127.0.0.1 (client i to
+    ``ports[i % len(ports)]``), each pausing ``pause`` s after every answer, until stopped, ``max_requests``
+    or ``seconds``. Any answer but a 200 is a failure (``load.report.failures()``)."""
+    return Load(
+        [f"http://127.0.0.1:{port}" for port in ports],
+        numbered(make_request, pause),
+        clients=clients,
+        rate=None,
+        seconds=seconds,
+        max_requests=max_requests,
+        timeout=15,
+    )

@@ -4,7 +4,7 @@ replicas and health, secrets instead of environment values, the deploy policies,
 from __future__ import annotations
 
 import pytest
-from swarm_stack import NAME, REPLICAS, Load, SwarmStack, record
+from swarm_stack import NAME, REPLICAS, SwarmStack, record, swarm_load
 
 pytestmark = pytest.mark.swarm
 
@@ -52,9 +52,9 @@ def test_passwords_reach_the_services_only_as_secret_files(swarm: SwarmStack) ->
 
 
 def test_the_secret_files_are_readable_by_the_service_user_only(swarm: SwarmStack) -> None:
-    listing = swarm.exec("inventory-app", "stat", "-c", "%a %u %n", "/run/secrets/inventory_db_password")
+    listing = swarm.output("inventory-app", "stat", "-c", "%a %u %n", "/run/secrets/inventory_db_password")
     assert listing.split() == ["400", "10001", "/run/secrets/inventory_db_password"]
-    listing = swarm.exec("billing-db", "stat", "-c", "%a %u %n", "/run/secrets/billing_db_password")
+    listing = swarm.output("billing-db", "stat", "-c", "%a %u %n", "/run/secrets/billing_db_password")
     assert listing.split() == ["400", "999", "/run/secrets/billing_db_password"]
 
 
@@ -87,11 +87,15 @@ def test_requests_through_the_gateway_are_served_by_every_inventory_replica(swar
         for c in swarm.containers("inventory-app")  # e.g. inventory-app-2: one per task slot
     }
     assert len(hostnames) == 3
-    load = Load(lambda n: ("GET", "/api/movies?limit=5", None), clients=8, max_requests=600, max_seconds=60, pause=0)
+    load = swarm_load(lambda n: ("GET", "/api/movies?limit=5", None), clients=8, max_requests=600, seconds=60, pause=0)
     with load:
         load.wait_finished(90)
-    result = load.result
-    record(f"spread: {result.summary()}; gateway {dict(result.served_by)}; inventory {dict(result.upstream_served_by)}")
-    assert result.failures == []
-    assert set(result.served_by) == {swarm.container_json(swarm.containers("api-gateway-app")[0])["Config"]["Hostname"]}
-    assert set(result.upstream_served_by) == hostnames
+    result = load.report
+    served_by, upstream_served_by = (
+        result.header_counts("x-served-by", "?"),
+        result.header_counts("x-upstream-served-by"),
+    )
+    record(f"spread: {result.brief()}; gateway {dict(served_by)}; inventory {dict(upstream_served_by)}")
+    assert result.failures() == []
+    assert set(served_by) == {swarm.container_json(swarm.containers("api-gateway-app")[0])["Config"]["Hostname"]}
+    assert set(upstream_served_by) == hostnames

@@ -5,16 +5,16 @@ consumer killed mid-run, and apps started before their databases and broker."""
 from __future__ import annotations
 
 import json
-import random
 import re
 import time
 import uuid
 from collections import Counter
 
 import pytest
-from swarm_stack import REPLICAS, Load, RequestMaker, SwarmStack, record
+from swarm_stack import REPLICAS, SwarmStack, record, swarm_load
 
-from stack import run, wait_for
+from load import RequestMaker
+from stack import fresh_user, run, wait_for
 
 pytestmark = pytest.mark.swarm
 
@@ -48,7 +48,7 @@ def test_a_killed_inventory_replica_is_replaced_while_requests_keep_succeeding(s
     movie_id = create_movie(swarm, "kill test")
     before = set(swarm.containers("inventory-app"))
     victim = sorted(before)[0]
-    load = Load(movie_requests(movie_id), clients=CLIENTS, max_requests=20_000, max_seconds=150)
+    load = swarm_load(movie_requests(movie_id), clients=CLIENTS, max_requests=20_000, seconds=150)
     with load:
         load.wait_sent(200)
         killed_at = time.monotonic()
@@ -57,20 +57,20 @@ def test_a_killed_inventory_replica_is_replaced_while_requests_keep_succeeding(s
         swarm.wait_converged("inventory-app", timeout=90)
         replaced_in = time.monotonic() - killed_at
         load.wait_sent(load.sent + 200)
-    result = load.result
-    record(f"kill one of 3 inventory-app replicas: {result.summary()}; replaced and healthy in {replaced_in:.0f}s")
+    result = load.report
+    record(f"kill one of 3 inventory-app replicas: {result.brief()}; replaced and healthy in {replaced_in:.0f}s")
     after = set(swarm.containers("inventory-app"))
     assert victim not in after and len(after) == 3
     # Only requests in flight on the killed replica may fail: at most one per client. The gateway retries
     # an idempotent request once on a fresh connection, so in practice none does.
-    assert len(result.failures) <= CLIENTS, result.failures
+    assert len(result.failures()) <= CLIENTS, result.failures()
 
 
 def test_a_rolling_update_of_inventory_app_under_load_fails_no_request(swarm: SwarmStack) -> None:
     movie_id = create_movie(swarm, "rolling update test")
     before = set(swarm.containers("inventory-app"))
     release = f"PWC_RELEASE={uuid.uuid4().hex[:8]}"
-    load = Load(movie_requests(movie_id, write_every=10), clients=CLIENTS, max_requests=40_000, max_seconds=240)
+    load = swarm_load(movie_requests(movie_id, write_every=10), clients=CLIENTS, max_requests=40_000, seconds=240)
     with load:
         load.wait_sent(100)
         started = time.monotonic()
@@ -86,37 +86,38 @@ def test_a_rolling_update_of_inventory_app_under_load_fails_no_request(swarm: Sw
         )
         took = time.monotonic() - started
         load.wait_sent(load.sent + 100)
-    result = load.result
-    record(f"rolling update of inventory-app (3 replicas, start-first): {result.summary()}; took {took:.0f}s")
+    result = load.report
+    record(f"rolling update of inventory-app (3 replicas, start-first): {result.brief()}; took {took:.0f}s")
     swarm.wait_converged("inventory-app")
     for container in swarm.containers("inventory-app"):
         assert release in container_env(swarm, container)
-    assert result.failures == []
+    assert result.failures() == []
 
 
 def test_an_update_that_never_turns_healthy_is_rolled_back_by_itself(swarm: SwarmStack) -> None:
     movie_id = create_movie(swarm, "rollback test")
     before = set(swarm.containers("inventory-app"))
     broken = "DB_HOST=no-such-database"  # the release's database is unreachable: /health answers 503
-    load = Load(movie_requests(movie_id), clients=2, max_requests=40_000, max_seconds=240, pause=0.05)
+    load = swarm_load(movie_requests(movie_id), clients=2, max_requests=40_000, seconds=240, pause=0.05)
     with load:
         started = time.monotonic()
         run("docker", "service", "update", "--detach", "--env-add", broken, swarm.service("inventory-app"))
         wait_for(lambda: swarm.update_state("inventory-app") == "rollback_completed", 200, 1, "the rollback")
         took = time.monotonic() - started
         swarm.wait_converged("inventory-app")
-    result = load.result
-    record(f"unhealthy update of inventory-app, rolled back by swarm in {took:.0f}s: {result.summary()}")
+    result = load.report
+    record(f"unhealthy update of inventory-app, rolled back by swarm in {took:.0f}s: {result.brief()}")
     spec_env = swarm.service_json("inventory-app")["Spec"]["TaskTemplate"]["ContainerSpec"]["Env"]
     assert broken not in spec_env
     after = swarm.containers("inventory-app")
     assert before == set(after), "the healthy tasks are kept; only the broken new one is removed"
     assert all(broken not in container_env(swarm, c) for c in after)
-    assert result.failures == []
+    assert result.failures() == []
 
 
-def order_rows(swarm: SwarmStack, user_id: int) -> list[str]:
-    return swarm.psql("billing-db", f"SELECT message_id FROM orders WHERE user_id = {user_id}").split()
+def stored_ids(swarm: SwarmStack, user_id: int) -> list[str]:
+    """message_id of every stored order of ``user_id`` (one entry per row)."""
+    return [row.message_id for row in swarm.order_rows(user_id=user_id)]
 
 
 def stored_by_consumer(swarm: SwarmStack, since: float) -> tuple[Counter[str], int]:
@@ -134,9 +135,9 @@ def stored_by_consumer(swarm: SwarmStack, since: float) -> tuple[Counter[str], i
 
 
 def test_two_billing_consumers_lose_and_duplicate_no_order_when_one_is_killed(swarm: SwarmStack) -> None:
-    consumers = swarm.exec("rabbit-queue", "rabbitmqctl", "-q", "list_consumers", "queue_name", "channel_pid")
+    consumers = swarm.output("rabbit-queue", "rabbitmqctl", "-q", "list_consumers", "queue_name", "channel_pid")
     assert len([line for line in consumers.splitlines() if line.startswith("billing_queue\t")]) == 2, consumers
-    user_id = random.randint(10_000_000, 2_000_000_000)
+    user_id = fresh_user()
     total = 1500
 
     def order(number: int) -> tuple[str, str, object]:
@@ -144,18 +145,18 @@ def test_two_billing_consumers_lose_and_duplicate_no_order_when_one_is_killed(sw
 
     started = time.time()
     victim = swarm.containers("billing-app")[0]
-    load = Load(order, clients=CLIENTS, max_requests=total, max_seconds=180, pause=0.005, keep_answers=True)
+    load = swarm_load(order, clients=CLIENTS, max_requests=total, seconds=180, pause=0.005)
     with load:
         load.wait_sent(total // 3)
         run("docker", "kill", victim)
         load.wait_finished(180)
-    result = load.result
-    accepted = {answer.json()["message_id"] for answer in result.answers if answer.status == 200}
-    assert result.failures == [], result.failures[:5]
+    result = load.report
+    accepted = {answer.json()["message_id"] for answer in result.results if answer.status == 200}
+    assert result.failures() == [], result.failures()[:5]
     assert len(accepted) == total
-    wait_for(lambda: len(order_rows(swarm, user_id)) >= len(accepted), 120, 1, "every order to be stored")
+    wait_for(lambda: len(stored_ids(swarm, user_id)) >= len(accepted), 120, 1, "every order to be stored")
     swarm.wait_converged("billing-app", timeout=120)
-    rows = order_rows(swarm, user_id)
+    rows = stored_ids(swarm, user_id)
     lost = len(accepted - set(rows))
     duplicated = len(rows) - len(set(rows))
     unknown = len(set(rows) - accepted)
@@ -208,7 +209,7 @@ def test_apps_started_before_their_databases_and_broker_converge_and_the_data_is
     record(f"apps started before databases and broker: converged {converged_in:.0f}s after those started")
     assert swarm.http("GET", f"/api/movies/{movie_id}").json()["title"] == "survives re-created tasks"
     wait_for(
-        lambda: swarm.psql("billing-db", f"SELECT count(*) FROM orders WHERE message_id = '{message_id}'") == "1",
+        lambda: len(swarm.order_rows(message_id=message_id)) == 1,
         60,
         1,
         "the order queued before the broker was re-created",

@@ -15,9 +15,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from swarm_stack import NAME, Load, SwarmStack, http, make_env_file, record
+from swarm_stack import NAME, SwarmStack, make_env_file, record, swarm_load
 
-from stack import ROOT, run, wait_for
+from stack import ROOT, http, run, wait_for
 
 pytestmark = [
     pytest.mark.swarm,
@@ -100,7 +100,7 @@ def test_each_node_runs_one_gateway_and_answers_on_its_own_port(nodes: Nodes) ->
     assert len(set(nodes.running_on("inventory-app"))) >= 2, "inventory-app replicas spread over the nodes"
     gateways = set()
     for node, port in PORTS.items():
-        answer = http("GET", "/api/movies", port=port)
+        answer = http("GET", "/api/movies", timeout=15, port=port)
         assert answer.status == 200, node
         gateways.add(answer.headers["x-served-by"])
     assert len(gateways) == 3
@@ -109,7 +109,7 @@ def test_each_node_runs_one_gateway_and_answers_on_its_own_port(nodes: Nodes) ->
 def test_a_stopped_node_has_its_tasks_rescheduled_and_the_stack_keeps_answering(nodes: Nodes) -> None:
     on_victim = {s: nodes.running_on(s).count(VICTIM) for s in ("inventory-app", "billing-app", "api-gateway-app")}
     survivors = (PORTS["node1"], PORTS["node2"])
-    load = Load(lambda n: ("GET", "/api/movies?limit=5", None), max_requests=40_000, max_seconds=240, ports=survivors)
+    load = swarm_load(lambda n: ("GET", "/api/movies?limit=5", None), max_requests=40_000, seconds=240, ports=survivors)
     try:
         with load:
             load.wait_sent(100)
@@ -127,17 +127,17 @@ def test_a_stopped_node_has_its_tasks_rescheduled_and_the_stack_keeps_answering(
                 "the stopped node's tasks to run elsewhere",
             )
             rescheduled_in = time.monotonic() - stopped_at
-            during = len(load.result.failures)
+            during = len(load.snapshot().failures())
             sent_during = load.sent
             load.wait_sent(load.sent + 200)
-        result = load.result
+        result = load.report
         record(
             f"node {VICTIM} stopped (it ran {on_victim}): tasks rescheduled in {rescheduled_in:.0f}s; "
-            f"{result.summary()} through node1 and node2 ({during} of {sent_during} failed until rescheduled)"
+            f"{result.brief()} through node1 and node2 ({during} of {sent_during} failed until rescheduled)"
         )
         assert nodes.running_on("api-gateway-app") == ["node1", "node2"], "one gateway per remaining node"
         # Once the tasks run elsewhere, every request is answered.
-        assert len(result.failures) == during, result.failures[during:]
+        assert len(result.failures()) == during, result.failures()[during:]
     finally:
         run("docker", "start", f"{PREFIX}-{VICTIM}")
         wait_for(lambda: nodes.node_status(VICTIM) == "ready", 120, 1, f"{VICTIM} to rejoin")

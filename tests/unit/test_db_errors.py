@@ -104,3 +104,91 @@ def test_other_server_errors_keep_the_connection_and_are_raised_as_they_are(code
     raised, kept, closed = settle(error)
     assert raised is error
     assert kept and not closed
+
+
+@pytest.mark.parametrize(
+    "exc", [InterfaceError("network error"), ConnectionResetError(104, "Connection reset by peer")]
+)
+def test_a_connection_lost_on_the_client_side_is_closed_and_the_database_unavailable(exc: Exception) -> None:
+    raised, kept, closed = settle(exc)
+    assert type(raised) is DatabaseUnavailable
+    assert closed and not kept
+
+
+def test_an_error_of_unknown_protocol_state_closes_the_connection_and_is_raised_as_it_is() -> None:
+    error = ValueError("pg8000 could not encode a parameter")
+    raised, kept, closed = settle(error)
+    assert raised is error
+    assert closed and not kept
+
+
+class Statements(Connection):
+    """Stands for a pg8000 connection running statements: each ``run`` answers the next outcome."""
+
+    def __init__(self, *outcomes: object) -> None:
+        self.outcomes = list(outcomes)
+        self.statements: list[str] = []
+
+    def run(self, sql: str, **_params: object) -> object:
+        self.statements.append(sql)
+        outcome = self.outcomes.pop(0)
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return outcome
+
+
+class FakePool(Pool):
+    """The pool's own logic; its new connections come from a list instead of a server."""
+
+    def __init__(self, idle: list[Statements], new: list[Statements]) -> None:
+        super().__init__(DbSettings("db", 5432, "db", "user", "secret", 1.0, 1000), size=1, application_name="test")
+        self._idle = list(idle)  # type: ignore[arg-type]
+        self.new = list(new)
+
+    def _connect(self) -> Statements:  # type: ignore[override]
+        if not self.new:
+            raise DatabaseUnavailable("cannot connect to db:5432")
+        return self.new.pop(0)
+
+
+def test_a_reused_connection_found_dead_is_replaced_once_and_the_statement_runs_on_a_new_one() -> None:
+    dead, fresh = Statements(InterfaceError("network error")), Statements([[1]])
+    pool = FakePool(idle=[dead], new=[fresh])
+    assert pool.query("SELECT 1") == [[1]]
+    assert dead.closed and fresh.statements == ["SELECT 1"]
+    assert pool._idle == [fresh]
+
+
+def test_a_new_connection_that_fails_is_not_retried() -> None:
+    failing = Statements(InterfaceError("network error"))
+    pool = FakePool(idle=[], new=[failing, Statements([[1]])])
+    with pytest.raises(DatabaseUnavailable):
+        pool.query("SELECT 1")
+    assert failing.closed and len(pool.new) == 1 and pool._idle == []
+
+
+def test_a_statement_timeout_on_a_reused_connection_is_not_run_a_second_time() -> None:
+    slow = Statements(server_error("57014", "canceling statement due to statement timeout"))
+    pool = FakePool(idle=[slow], new=[Statements([[1]])])
+    with pytest.raises(StatementTimeout):
+        pool.query("SELECT pg_sleep(10)")
+    assert slow.statements == ["SELECT pg_sleep(10)"] and len(pool.new) == 1
+    assert pool._idle == [slow] and not slow.closed
+
+
+def test_a_failed_transaction_is_rolled_back_and_its_connection_kept() -> None:
+    conn = Statements([], server_error("23505", "duplicate key value violates unique constraint"), [])
+    pool = FakePool(idle=[conn], new=[])
+    with pytest.raises(DatabaseError), pool.transaction() as tx:
+        tx.run("INSERT INTO orders VALUES (1)")
+    assert conn.statements == ["BEGIN", "INSERT INTO orders VALUES (1)", "ROLLBACK"]
+    assert pool._idle == [conn] and not conn.closed
+
+
+def test_a_connection_that_cannot_roll_back_is_dropped() -> None:
+    conn = Statements([], server_error("23514", "new row violates check constraint"), InterfaceError("eof"))
+    pool = FakePool(idle=[conn], new=[])
+    with pytest.raises(DatabaseError), pool.transaction() as tx:
+        tx.run("INSERT INTO orders VALUES (1)")
+    assert conn.statements[-1] == "ROLLBACK"
+    assert pool._idle == [] and conn.closed

@@ -41,11 +41,26 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+def servers_on_one_port(addresses: tuple[str, ...]) -> tuple[int, list[ThreadingHTTPServer]]:
+    """HTTP servers on the same free port of each address. The port is free on 127.0.0.1 only when
+    probed: another test's client may hold it on 127.0.0.2, so a clash means another port."""
+    for _ in range(20):
+        port, servers = free_port(), []
+        try:
+            for address in addresses:
+                servers.append(ThreadingHTTPServer((address, port), Handler))
+        except OSError:
+            for server in servers:
+                server.server_close()
+            continue
+        return port, servers
+    raise AssertionError(f"no port free on all of {addresses} in 20 tries")
+
+
 @pytest.fixture
 def replicas(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[int, list[str]]]:
     """Live servers on 127.0.0.1 and 127.0.0.2; the name resolves to the addresses in the returned list."""
-    port = free_port()
-    servers = [ThreadingHTTPServer((address, port), Handler) for address in ("127.0.0.1", "127.0.0.2")]
+    port, servers = servers_on_one_port(("127.0.0.1", "127.0.0.2"))
     for server in servers:
         threading.Thread(target=server.serve_forever, daemon=True).start()
     addresses = ["127.0.0.1", "127.0.0.2"]
