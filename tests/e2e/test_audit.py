@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Callable
 
 import pytest
 
@@ -71,8 +72,11 @@ def test_billing_order_is_queued_and_stored(stack: Stack) -> None:
     assert row == "20|99|250.00"
 
 
-def test_order_sent_while_billing_app_is_stopped_is_stored_once_it_restarts(stack: Stack) -> None:
-    run("docker", "stop", stack.container("billing-app"))
+def an_order_posted_while_billing_app_is_stopped_is_stored_once_it_starts(
+    stack: Stack, stop: Callable[[], object], start: Callable[[], object]
+) -> None:
+    """The audit's last steps, whichever Compose stops and starts billing-app."""
+    stop()
     try:
         answer = stack.http("POST", "/api/billing/", {"user_id": "22", "number_of_items": "3", "total_amount": "12.5"})
         assert answer.status == 200, answer.body
@@ -80,11 +84,19 @@ def test_order_sent_while_billing_app_is_stopped_is_stored_once_it_restarts(stac
         wait_for(lambda: stack.queue_depth("billing_queue") >= 1, 10, what="the message to wait in the queue")
         assert stack.order_rows(message_id=message_id) == []
     finally:
-        run("docker", "start", stack.container("billing-app"))
+        start()
     wait_for(lambda: len(stack.order_rows(message_id=message_id)) == 1, 60, what="the backlog to be stored")
     # Acknowledged after the commit; the broker's counters catch up within seconds.
     wait_for(lambda: stack.queue_depth("billing_queue") == 0, 30, what="the queue to drain")
     stack.wait_healthy("billing-app")
+
+
+def test_order_sent_while_billing_app_is_stopped_is_stored_once_it_restarts(stack: Stack) -> None:
+    an_order_posted_while_billing_app_is_stopped_is_stored_once_it_starts(
+        stack,
+        stop=lambda: run("docker", "stop", stack.container("billing-app")),
+        start=lambda: run("docker", "start", stack.container("billing-app")),
+    )
 
 
 def test_the_gateway_log_volume_holds_the_requests(stack: Stack) -> None:

@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 import yaml
+from test_audit import an_order_posted_while_billing_app_is_stopped_is_stored_once_it_starts
 
 from stack import PORT as SESSION_PORT
 from stack import PROJECT as SESSION_PROJECT
@@ -171,14 +172,6 @@ def test_movies_and_billing_answer_200(v1: Stack) -> None:
 
 
 def test_order_sent_while_billing_app_is_stopped_is_stored_once_it_starts(v1: Stack) -> None:
-    v1.compose("stop", "billing-app")
-    try:
-        answer = v1.http("POST", "/api/billing/", {"user_id": "22", "number_of_items": "3", "total_amount": "12.5"})
-        assert answer.status == 200, answer.body
-        message_id = answer.json()["message_id"]
-        wait_for(lambda: v1.queue_depth("billing_queue") >= 1, 10, what="the message to wait in the queue")
-        assert v1.order_rows(message_id=message_id) == []
-    finally:
-        v1.compose("start", "billing-app")
-    wait_for(lambda: len(v1.order_rows(message_id=message_id)) == 1, 60, what="the backlog to be stored")
-    v1.wait_healthy("billing-app")
+    an_order_posted_while_billing_app_is_stopped_is_stored_once_it_starts(
+        v1, stop=lambda: v1.compose("stop", "billing-app"), start=lambda: v1.compose("start", "billing-app")
+    )
