@@ -13,6 +13,7 @@ import json
 import re
 import secrets
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -72,69 +73,80 @@ def billing_app_processes(stack: Stack) -> dict[str, Any]:
     }
 
 
-def test_orders_refused_by_a_revoked_privilege_wait_are_reported_and_are_stored_once_it_is_granted(
-    stack: Stack,
-) -> None:
+def orders_held_through_an_outage(
+    stack: Stack, cause: Callable[[], object], repair: Callable[[], object], failing: dict[str, str]
+) -> tuple[dict[str, Any], str]:
+    """``cause`` an outage, post orders (each answered 200), and check while it lasts that they wait in the
+    queue, none stored or dead-lettered, billing-app running and its /health failing with ``failing``;
+    ``repair`` it, then check that each order is stored exactly once and all is as before.
+    Returns /health during the outage, and the time it began (for ``docker logs --since``)."""
     user = fresh_user()
-    role = stack.env["BILLING_DB_USER"]
     wait_depth(stack, QUEUE, 0)
     dlq_before = stack.queue_depth(DLQ)
     before = billing_app_processes(stack)
+    assert before["consumer"] and before["api"]
     since = docker_now()
-    stack.psql("billing-db", f'REVOKE INSERT ON orders FROM "{role}"')
+    cause()
     try:
         message_ids = post_orders(stack, user, HELD_ORDERS)
-        health = wait_health(stack, 503, {"store": "failing", "database": "ok"})
-        print(f"\nbilling-app /health during the outage: {health}")
-        assert "permission denied" in health["details"]["store"] and "42501" in health["details"]["store"]
-        # Retried more than once, and still nothing dead-lettered or stored: the orders wait in the queue.
-        wait_for(lambda: outage_warnings(stack, since) >= 3, 60, what="the consumer to retry the write")
+        health = wait_health(stack, 503, failing)
         wait_depth(stack, QUEUE, HELD_ORDERS)
         assert stored_ids(stack, user) == []
         assert stack.queue_depth(DLQ) == dlq_before
+        assert billing_app_processes(stack) == before, "billing-app keeps running"
     finally:
-        stack.psql("billing-db", f'GRANT INSERT ON orders TO "{role}"')
+        repair()
     assert_stored_exactly_once(stack, user, message_ids, timeout=60)
     wait_health(stack, 200, {"store": "ok", "database": "ok", "consumer": "ok"})
     wait_depth(stack, QUEUE, 0)
     assert stack.queue_depth(DLQ) == dlq_before
     assert billing_app_processes(stack) == before
-    assert "billing database stores orders again" in docker_logs_since(stack, "billing-app", since)
     stack.wait_healthy()
+    return health, since
+
+
+def test_orders_refused_by_a_revoked_privilege_wait_are_reported_and_are_stored_once_it_is_granted(
+    stack: Stack,
+) -> None:
+    role = stack.env["BILLING_DB_USER"]
+
+    def revoke() -> None:
+        stack.psql("billing-db", f'REVOKE INSERT ON orders FROM "{role}"')
+
+    def grant() -> None:
+        # Retried more than once before the privilege comes back, and still nothing dead-lettered.
+        wait_for(lambda: outage_warnings(stack, since) >= 3, 60, what="the consumer to retry the write")
+        stack.psql("billing-db", f'GRANT INSERT ON orders TO "{role}"')
+
+    since = docker_now()
+    health, since = orders_held_through_an_outage(stack, revoke, grant, {"store": "failing", "database": "ok"})
+    print(f"\nbilling-app /health during the outage: {health}")
+    assert "permission denied" in health["details"]["store"] and "42501" in health["details"]["store"]
+    assert "billing database stores orders again" in docker_logs_since(stack, "billing-app", since)
 
 
 def test_a_wrong_database_password_makes_billing_app_wait_and_report_then_resume_once_it_is_right(
     stack: Stack,
 ) -> None:
-    user = fresh_user()
     role = stack.env["BILLING_DB_USER"]
-    wait_depth(stack, QUEUE, 0)
-    dlq_before = stack.queue_depth(DLQ)
-    before = billing_app_processes(stack)
-    assert before["consumer"] and before["api"]
-    stack.psql("billing-db", f"ALTER ROLE \"{role}\" PASSWORD '{secrets.token_hex(16)}'")
-    try:
+
+    def wrong_password() -> None:
+        stack.psql("billing-db", f"ALTER ROLE \"{role}\" PASSWORD '{secrets.token_hex(16)}'")
         # The connections billing-app holds are closed: it has to log in again, with the old password.
         stack.psql(
             "billing-db", f"SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE usename = '{role}'"
         )
-        message_ids = post_orders(stack, user, HELD_ORDERS)
-        health = wait_health(stack, 503, {"store": "failing", "database": "unreachable"})
-        print(f"\nbilling-app /health with a wrong password: {health}")
-        for check in ("store", "database"):
-            assert "password authentication failed" in health["details"][check], health
-            assert "28P01" in health["details"][check], health
-        wait_depth(stack, QUEUE, HELD_ORDERS)
-        assert stored_ids(stack, user) == []
-        assert billing_app_processes(stack) == before, "billing-app keeps running"
-    finally:
+
+    def right_password() -> None:
         stack.psql("billing-db", f"ALTER ROLE \"{role}\" PASSWORD '{stack.env['BILLING_DB_PASSWORD']}'")
-    assert_stored_exactly_once(stack, user, message_ids, timeout=60)
-    wait_health(stack, 200, {"store": "ok", "database": "ok", "consumer": "ok"})
-    wait_depth(stack, QUEUE, 0)
-    assert stack.queue_depth(DLQ) == dlq_before
-    assert billing_app_processes(stack) == before
-    stack.wait_healthy()
+
+    health, _ = orders_held_through_an_outage(
+        stack, wrong_password, right_password, {"store": "failing", "database": "unreachable"}
+    )
+    print(f"\nbilling-app /health with a wrong password: {health}")
+    for check in ("store", "database"):
+        assert "password authentication failed" in health["details"][check], health
+        assert "28P01" in health["details"][check], health
 
 
 def test_a_message_that_makes_parsing_fail_is_dead_lettered_alone_without_restarting_the_consumer(
