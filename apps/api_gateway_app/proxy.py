@@ -301,6 +301,13 @@ class Upstream:
         unavailable = f"{self.name} is unreachable"
         for attempt in (1, 2):
             conn = self._reusable_connection()
+            if conn is not None and method not in _IDEMPOTENT:
+                # A request that must not be sent twice never goes on a kept-alive connection: the upstream
+                # may be closing it as idle (e.g. a replica stopping in a rolling update) as the request
+                # leaves, and then nobody can tell whether it was processed. A new connection costs a
+                # handshake; only POST and PATCH take it, and a refused connect is retried safely.
+                self._drop(conn)
+                conn = None
             reused = conn is not None
             if conn is None:
                 try:
