@@ -1,7 +1,7 @@
 """Forwarding requests to the internal apps over reused keep-alive connections.
 
 Each waitress thread keeps its own connection per upstream, so there is no TCP handshake per request
-and no locking.
+and no locking (except for POST and PATCH, which must not be sent twice: each takes a new connection).
 
 An upstream name may resolve to several replicas (Swarm's DNS round robin): new connections take
 the resolved addresses in turn, names are resolved again every few seconds, and connections are
