@@ -22,9 +22,19 @@ import time
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+from common import metrics
 from common.net import ResolveError, resolve
 
 log = logging.getLogger(__name__)
+upstream_duration = metrics.REGISTRY.histogram(
+    "gateway_upstream_duration_seconds", "Time for an upstream to answer a forwarded request.", ("upstream",)
+)
+upstream_errors = metrics.REGISTRY.counter(
+    "gateway_upstream_errors",
+    "Forwarded requests with no usable answer, by upstream and reason: unavailable (502), timeout (504), "
+    "busy (503: every slot held by requests it does not answer).",
+    ("upstream", "reason"),
+)
 
 # RFC 9110 §7.6.1: connection-specific headers are not forwarded, in either direction.
 HOP_BY_HOP = frozenset(
@@ -56,6 +66,8 @@ class UpstreamError(Exception):
     """The upstream gave no usable answer. ``str()`` is the message for the client;
     ``detail`` says why, for the log only (it names internal hosts and errors)."""
 
+    reason = "error"  # the metrics' label
+
     def __init__(self, message: str, detail: str) -> None:
         super().__init__(message)
         self.detail = detail
@@ -64,13 +76,19 @@ class UpstreamError(Exception):
 class UpstreamUnavailable(UpstreamError):
     """Refused, unresolvable or reset: answered 502."""
 
+    reason = "unavailable"
+
 
 class UpstreamTimeout(UpstreamError):
     """No answer within the timeout: answered 504."""
 
+    reason = "timeout"
+
 
 class UpstreamBusy(UpstreamError):
     """Every request slot of the upstream is taken by requests it does not answer: answered 503."""
+
+    reason = "busy"
 
 
 class Bulkhead:
@@ -249,6 +267,8 @@ class Upstream:
         self._addresses: list[str] = []
         self._resolved_at = -_RESOLVE_EVERY
         self._turn = itertools.count()
+        for error in (UpstreamUnavailable, UpstreamTimeout, UpstreamBusy):  # every series from 0
+            upstream_errors.inc(name, error.reason, amount=0)
 
     def _next_address(self) -> str:
         # No lock: racing threads at worst resolve twice; next() on a count is atomic.
@@ -286,14 +306,20 @@ class Upstream:
         """One request; ``timeout`` (seconds) replaces the read timeout for this call only.
         ``headers`` must include Host; Content-Length is added when there is a body."""
         if not self.bulkhead.acquire():
+            upstream_errors.inc(self.name, UpstreamBusy.reason)
             raise UpstreamBusy(
                 f"{self.name} is not answering; try again shortly",
                 f"all {self.bulkhead.size} request slots busy, none finished for {STALLED_AFTER:g}s",
             )
+        started = time.monotonic()
         try:
             return self._request(method, target, headers, body, self.read_timeout if timeout is None else timeout)
+        except UpstreamError as exc:
+            upstream_errors.inc(self.name, exc.reason)
+            raise
         finally:
             self.bulkhead.release()
+            upstream_duration.observe(time.monotonic() - started, self.name)
 
     def _request(
         self, method: str, target: str, headers: dict[str, str], body: bytes, read_timeout: float

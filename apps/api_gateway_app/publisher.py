@@ -28,19 +28,45 @@ import pika.channel
 import pika.frame
 from pika.spec import Basic
 
+from common import metrics
 from common.amqp import BrokerSettings
 from common.backoff import Backoff
 from common.orders import Message
 
 log = logging.getLogger(__name__)
+OUTCOMES = ("confirmed", "nacked", "returned", "unconfirmed", "blocked", "unavailable")
+published = metrics.REGISTRY.counter(
+    "gateway_publish",
+    "Orders handed to the broker, by outcome: confirmed (200), unconfirmed (202: sent, no confirm in time), "
+    "nacked, returned (unroutable), blocked (resource alarm) and unavailable (not sent) - all but the "
+    "first two answered 503.",
+    ("outcome",),
+    initial=[(outcome,) for outcome in OUTCOMES],
+)
+publish_duration = metrics.REGISTRY.histogram(
+    "gateway_publish_duration_seconds", "From an order's publish to the broker's confirm (confirmed orders)."
+)
+broker_connected = metrics.REGISTRY.gauge(
+    "gateway_broker_connected", "1 while the gateway has a confirming channel to the broker."
+)
+broker_blocked = metrics.REGISTRY.gauge(
+    "gateway_broker_blocked", "1 while the broker blocks publishing (resource alarm): orders are refused."
+)
 
 
 class PublishFailed(Exception):
-    """The message was not queued and never will be."""
+    """The message was not queued and never will be. ``outcome`` names why, for the metrics."""
+
+    def __init__(self, message: str, outcome: str = "unavailable") -> None:
+        super().__init__(message)
+        self.outcome = outcome
 
 
 class BrokerBlocked(PublishFailed):
     """The broker blocks publishing (resource alarm): nothing was sent."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, "blocked")
 
 
 class PublishUnconfirmed(Exception):
@@ -90,6 +116,19 @@ class Publisher:
     def publish(self, message: Message) -> None:
         """Publish one message; return once the broker confirmed it.
         Raises PublishFailed (not queued) or PublishUnconfirmed (outcome unknown)."""
+        started = time.monotonic()
+        try:
+            self._publish(message)
+        except PublishFailed as exc:
+            published.inc(exc.outcome)
+            raise
+        except PublishUnconfirmed:
+            published.inc("unconfirmed")
+            raise
+        published.inc("confirmed")
+        publish_duration.observe(time.monotonic() - started)
+
+    def _publish(self, message: Message) -> None:
         connection = self._connection
         if connection is None or not self._ready.is_set():
             raise PublishFailed("broker unavailable")
@@ -132,6 +171,8 @@ class Publisher:
             connection.ioloop.start()  # returns when the connection is gone
             self._ready.clear()
             self._blocked = False
+            broker_connected.set(0)
+            broker_blocked.set(0)
             self._channel = None
             self._unconfirm_pending("connection to the broker lost")
             # Release its poller and wake-up sockets now rather than at garbage collection (one set per attempt
@@ -154,10 +195,12 @@ class Publisher:
 
     def _on_blocked(self, _connection: pika.SelectConnection, frame: pika.frame.Method) -> None:
         self._blocked = True
+        broker_blocked.set(1)
         log.warning("the broker blocks publishing (%s): orders are refused until it unblocks", frame.method.reason)
 
     def _on_unblocked(self, _connection: pika.SelectConnection, _frame: pika.frame.Method) -> None:
         self._blocked = False
+        broker_blocked.set(0)
         log.info("the broker accepts publishing again")
 
     def _on_connection_open_error(self, connection: pika.SelectConnection, error: BaseException) -> None:
@@ -183,10 +226,12 @@ class Publisher:
     def _on_confirm_mode(self, _frame: pika.frame.Method) -> None:
         self._last_tag = 0
         self._ready.set()
+        broker_connected.set(1)
         log.info("publishing to exchange %r with confirms", self._settings.exchange)
 
     def _on_channel_closed(self, _channel: pika.channel.Channel, reason: BaseException) -> None:
         self._ready.clear()
+        broker_connected.set(0)
         log.error("broker channel closed: %r", reason)
         self._unconfirm_pending("broker channel closed")
         self._close_connection()
@@ -227,10 +272,10 @@ class Publisher:
                 continue
             message_id, future = entry
             if isinstance(method, Basic.Nack):
-                future.set_exception(PublishFailed("the broker refused the message"))
+                future.set_exception(PublishFailed("the broker refused the message", "nacked"))
             elif message_id in self._returned:
                 self._returned.discard(message_id)
-                future.set_exception(PublishFailed("the message could not be routed to the billing queue"))
+                future.set_exception(PublishFailed("the message could not be routed to the billing queue", "returned"))
             else:
                 future.set_result(None)
 

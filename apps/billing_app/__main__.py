@@ -7,8 +7,8 @@ import signal
 import sys
 
 from billing_app import api
-from billing_app.consumer import DEFAULT_BATCH_SIZE, STATUS_FILE, Consumer, ConsumerSettings
-from common import app_main
+from billing_app.consumer import DEFAULT_BATCH_SIZE, METRICS_PORT, STATUS_FILE, Consumer, ConsumerSettings
+from common import app_main, metrics
 from common.amqp import BrokerSettings
 from common.config import ConfigError, Env
 from common.db import DbSettings, Pool
@@ -26,7 +26,10 @@ def consumer() -> None:
         batch_wait=env.int("BATCH_WAIT_MS", 50, 0, 10_000) / 1000,
         status_file=env.str("CONSUMER_STATUS_FILE", STATUS_FILE),
     )
+    metrics_port = env.int("CONSUMER_METRICS_PORT", METRICS_PORT, 0, 65535)
     env.check()
+    if metrics_port:
+        metrics.serve(metrics_port)
     pool = Pool(db, size=1, application_name="billing-app consumer")
     worker = Consumer(broker, pool, settings)
     signal.signal(signal.SIGTERM, worker.stop)

@@ -34,6 +34,7 @@ import pika.exceptions
 from pg8000.exceptions import DatabaseError
 
 from billing_app.store import insert_orders
+from common import metrics
 from common.amqp import BrokerSettings
 from common.backoff import Backoff
 from common.db import DatabaseUnavailable, Pool, describe, is_data_error
@@ -47,6 +48,32 @@ Channel = pika.adapters.blocking_connection.BlockingChannel
 DEFAULT_BATCH_SIZE = 500
 # What a failed write may raise when the database, not the program, is at fault.
 _STORE_ERRORS = (DatabaseUnavailable, DatabaseError)
+# The consumer is its own process: its metrics have their own listener, beside the HTTP API's.
+METRICS_PORT = 9101
+
+received = metrics.REGISTRY.counter("billing_messages_received", "Messages delivered by the broker.")
+orders_stored = metrics.REGISTRY.counter("billing_orders_stored", "Orders stored (new rows), acknowledged.")
+duplicates = metrics.REGISTRY.counter(
+    "billing_duplicates_skipped",
+    "Deliveries of an order already stored (redelivered or published twice), acknowledged.",
+)
+dead_lettered = metrics.REGISTRY.counter(
+    "billing_dead_lettered",
+    "Messages rejected to the dead-letter queue, by reason: invalid_message (not a valid order), "
+    "refused_by_database (the row's data refused, SQLSTATE class 22 or 23).",
+    ("reason",),
+    initial=[("invalid_message",), ("refused_by_database",)],
+)
+batch_sizes = metrics.REGISTRY.histogram(
+    "billing_batch_size", "Orders per INSERT.", buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000)
+)
+store_duration = metrics.REGISTRY.histogram(
+    "billing_store_duration_seconds", "Time to store one batch (one transaction)."
+)
+consumer_connected = metrics.REGISTRY.gauge("billing_consumer_connected", "1 while consuming from the billing queue.")
+store_outage = metrics.REGISTRY.gauge(
+    "billing_store_outage", "1 while the database refuses to store orders (they are held unacknowledged)."
+)
 
 
 @dataclass(frozen=True)
@@ -55,6 +82,14 @@ class ConsumerSettings:
     batch_size: int
     batch_wait: float
     status_file: str
+
+
+def _insert(pool: Pool, orders: list[Order]) -> int:
+    started = time.monotonic()
+    new = insert_orders(pool, orders)
+    store_duration.observe(time.monotonic() - started)
+    batch_sizes.observe(len(orders))
+    return new
 
 
 @dataclass
@@ -157,7 +192,7 @@ class Consumer:
         batch, self._batch = self._batch[:size], self._batch[size:]
         if self._batch:
             self._first_at = time.monotonic()
-        future = self._writer.submit(insert_orders, self.pool, [d.order for d in batch])
+        future = self._writer.submit(_insert, self.pool, [d.order for d in batch])
 
         def wake_up(_: Future[int]) -> None:  # process_data_events returns as soon as the write is done
             with contextlib.suppress(Exception):  # the connection may be gone by now: nothing to wake
@@ -190,25 +225,29 @@ class Consumer:
     # --- messages -----------------------------------------------------------------------------
 
     def _on_message(self, channel: Channel, method: Any, properties: pika.BasicProperties, body: bytes) -> None:
+        received.inc()
         try:
             order = read_order(received_message(properties, body))
         except InvalidOrder as exc:
-            self._dead_letter(channel, method.delivery_tag, properties.message_id, str(exc))
+            self._dead_letter(channel, method.delivery_tag, properties.message_id, "invalid_message", str(exc))
             return
         if not self._batch:
             self._first_at = time.monotonic()
         self._batch.append(_Delivery(method.delivery_tag, order))
 
     @staticmethod
-    def _dead_letter(channel: Channel, tag: int, message_id: str | None, reason: str) -> None:
+    def _dead_letter(channel: Channel, tag: int, message_id: str | None, kind: str, reason: str) -> None:
         log.error("rejecting message %s to the dead-letter queue: %s", message_id, reason)
         channel.basic_reject(tag, requeue=False)
+        dead_lettered.inc(kind)
 
     def _acknowledge(self, channel: Channel, stored: list[_Delivery], new: int) -> None:
         """Acknowledge ``stored``, committed: every unsettled delivery up to its last tag is in it
         (newer deliveries have higher tags; the refused ones were rejected)."""
         if stored:
             channel.basic_ack(stored[-1].tag, multiple=True)
+        orders_stored.inc(amount=new)
+        duplicates.inc(amount=len(stored) - new)
         self._report_store_ok()
         log.info("stored %d orders (%d already stored), acknowledged %d", new, len(stored) - new, len(stored))
 
@@ -242,7 +281,7 @@ class Consumer:
         the batch for its data, its orders are stored one by one and the refused ones dead-lettered
         (and dropped from the batch in hand). A store outage raises, whatever was done before."""
         try:
-            return insert_orders(self.pool, [d.order for d in batch]), batch
+            return _insert(self.pool, [d.order for d in batch]), batch
         except DatabaseError as exc:
             if not is_data_error(exc):
                 raise
@@ -250,13 +289,13 @@ class Consumer:
         new, stored = 0, []
         for delivery in batch:
             try:
-                new += insert_orders(self.pool, [delivery.order])
+                new += _insert(self.pool, [delivery.order])
                 stored.append(delivery)
             except DatabaseError as exc:
                 if not is_data_error(exc):
                     raise
                 reason = f"refused by the database: {describe(exc)}"
-                self._dead_letter(channel, delivery.tag, delivery.order.message_id, reason)
+                self._dead_letter(channel, delivery.tag, delivery.order.message_id, "refused_by_database", reason)
                 self._batch.remove(delivery)
         return new, stored
 
@@ -266,6 +305,7 @@ class Consumer:
         if self._store_error is None:
             self._store_failing_since = time.time()
         self._store_error = describe(exc)
+        store_outage.set(1)
         log.warning(
             "billing database cannot store orders (%s); %d orders held unacknowledged, retrying in %.1fs",
             self._store_error,
@@ -279,10 +319,12 @@ class Consumer:
             return
         log.info("billing database stores orders again, after %.0fs", time.time() - self._store_failing_since)
         self._store_error = None
+        store_outage.set(0)
         self._write_status(force=True)
 
     def _set_connected(self, connected: bool) -> None:
         self._connected = connected
+        consumer_connected.set(int(connected))
         self._write_status(force=True)
 
     def _write_status(self, force: bool = False) -> None:

@@ -9,10 +9,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from common import logs, server
+from common import logs, metrics, server
 from common.config import ConfigError, Env
 
 DEFAULT_MAX_BODY_BYTES = 64 * 1024
+# Every app serves /metrics here, on the backend network only (compose never publishes it).
+DEFAULT_METRICS_PORT = 9100
 
 
 @dataclass(frozen=True)
@@ -21,6 +23,7 @@ class HttpSettings:
     threads: int
     max_body_bytes: int
     limits: server.Limits
+    metrics_port: int  # 0: no metrics listener
 
     @classmethod
     def from_env(cls, env: Env, default_port: int = 8080) -> HttpSettings:
@@ -37,6 +40,7 @@ class HttpSettings:
             threads=env.int("HTTP_THREADS", 8, 1, 256),
             max_body_bytes=env.int("MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES, 1024, 16 * 1024 * 1024),
             limits=limits,
+            metrics_port=env.int("METRICS_PORT", DEFAULT_METRICS_PORT, 0, 65535),
         )
 
 
@@ -50,6 +54,8 @@ def serve_http(app: Any, http: HttpSettings, behind_gateway: bool = False) -> No
             "trusted_proxy_count": 1,
             "trusted_proxy_headers": {"x-forwarded-for", "x-forwarded-proto", "x-forwarded-host"},
         }
+    if http.metrics_port:
+        metrics.serve(http.metrics_port)
     server.serve(
         app,
         port=http.port,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import socket
 import threading
+import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ from typing import Any, NoReturn
 import pg8000.native
 from pg8000.exceptions import DatabaseError, InterfaceError
 
+from common import metrics
 from common.config import Env
 from common.net import ResolveError, resolve
 
@@ -98,17 +100,57 @@ class DbSettings:
         )
 
 
+_POOLS: weakref.WeakSet[Pool] = weakref.WeakSet()
+
+
+def _pool_connections() -> list[tuple[tuple[str, ...], float]]:
+    return [((p.name, state), n) for p in list(_POOLS) for state, n in (("in_use", p.in_use), ("idle", len(p._idle)))]
+
+
+metrics.REGISTRY.gauge(
+    "db_pool_connections",
+    "Database connections of a pool: in use by a request, or idle.",
+    ("pool", "state"),
+    source=_pool_connections,
+)
+metrics.REGISTRY.gauge(
+    "db_pool_waiting",
+    "Callers waiting for a free database connection.",
+    ("pool",),
+    source=lambda: [((p.name,), p.waiting) for p in list(_POOLS)],
+)
+pool_failures = metrics.REGISTRY.counter(
+    "db_pool_failures",
+    "Database operations that failed for the database, not the data, by reason: connect (unreachable or "
+    "login refused), lost (connection broken), busy (no free connection in time), timeout (statement timeout).",
+    ("pool", "reason"),
+)
+
+
 class Pool:
     """At most ``size`` connections, reused LIFO; a connection is used by one thread at a time."""
 
     def __init__(self, settings: DbSettings, size: int, application_name: str) -> None:
         self._settings = settings
-        self._application_name = application_name
         self._slots = threading.BoundedSemaphore(size)
         self._idle: list[pg8000.native.Connection] = []
         self._lock = threading.Lock()
+        self.name = application_name  # also the pool's label in the metrics
+        # For the metrics (read without the lock: a scrape may see a value one step old).
+        self.in_use = 0
+        self.waiting = 0
+        for reason in ("connect", "lost", "busy", "timeout"):
+            pool_failures.inc(self.name, reason, amount=0)
+        _POOLS.add(self)
 
     def _connect(self) -> pg8000.native.Connection:
+        try:
+            return self._open()
+        except DatabaseUnavailable:
+            pool_failures.inc(self.name, "connect")
+            raise
+
+    def _open(self) -> pg8000.native.Connection:
         s = self._settings
         sock: socket.socket | None = None
         error: OSError | None = None
@@ -135,7 +177,7 @@ class Pool:
                 database=s.name,
                 password=s.password,
                 sock=sock,
-                application_name=self._application_name,
+                application_name=self.name,
                 startup_params={"statement_timeout": str(s.statement_timeout_ms)},
             )
         except (InterfaceError, OSError) as exc:  # pg8000 lets socket errors of its reads through
@@ -174,10 +216,12 @@ class Pool:
         if isinstance(exc, DatabaseError) and not _connection_lost(exc):
             keep(conn)
             if sqlstate(exc) == _STATEMENT_TIMEOUT:
+                pool_failures.inc(self.name, "timeout")
                 raise StatementTimeout(describe(exc)) from None
             raise exc
         self._discard(conn)
         if _connection_lost(exc):
+            pool_failures.inc(self.name, "lost")
             raise DatabaseUnavailable(describe(exc)) from None
         raise exc
 
@@ -200,8 +244,20 @@ class Pool:
             self._fail(conn, exc, self._give_back)
 
     def _acquire_slot(self) -> None:
-        if not self._slots.acquire(timeout=self._settings.connect_timeout + 5):
+        with self._lock:
+            self.waiting += 1
+        acquired = self._slots.acquire(timeout=self._settings.connect_timeout + 5)
+        with self._lock:
+            self.waiting -= 1
+            self.in_use += acquired
+        if not acquired:
+            pool_failures.inc(self.name, "busy")
             raise DatabaseUnavailable("all database connections are busy")
+
+    def _release_slot(self) -> None:
+        with self._lock:
+            self.in_use -= 1
+        self._slots.release()
 
     def query(self, sql: str, **params: Any) -> list[Any]:
         """Rows of one read-only statement, run outside any explicit transaction (the server
@@ -212,7 +268,7 @@ class Pool:
             self._give_back(conn)
             return rows
         finally:
-            self._slots.release()
+            self._release_slot()
 
     @contextmanager
     def transaction(self) -> Iterator[pg8000.native.Connection]:
@@ -229,7 +285,7 @@ class Pool:
             else:
                 self._give_back(conn)
         finally:
-            self._slots.release()
+            self._release_slot()
 
     def _rollback(self, conn: pg8000.native.Connection) -> None:
         try:

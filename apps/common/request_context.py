@@ -1,5 +1,5 @@
 """The outermost WSGI layer of every app: request ids, the replica's name, trailing slashes and the
-access log (the JSON answers themselves: common/jsonapi.py)."""
+access log, and the request metrics (the JSON answers themselves: common/jsonapi.py)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from common import logs
+from common import logs, metrics
 
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 # Names the replica (container hostname) that answered, in the X-Served-By response header.
@@ -31,7 +31,8 @@ class RequestContext:
 
     Gives each request an id (kept from ``X-Request-ID`` when valid, returned in the response),
     names the replica that answered (``X-Served-By``), treats ``/path/`` as ``/path`` (one slash only:
-    ``/api/movies//`` names no resource, it is not the collection), and writes one access-log line per request.
+    ``/api/movies//`` names no resource, it is not the collection), and writes one access-log line and the
+    request metrics per request.
     """
 
     def __init__(self, app: Callable[..., Any]) -> None:
@@ -45,6 +46,7 @@ class RequestContext:
         if len(path) > 1 and path.endswith("/"):
             environ["PATH_INFO"] = path[:-1]
         token = logs.request_id.set(rid)
+        metrics.http_in_flight.inc()
         status = ["500"]
         chunks: list[bytes] = []
 
@@ -70,6 +72,12 @@ class RequestContext:
                     close()
             return chunks
         finally:
+            elapsed = time.monotonic() - started
+            metrics.http_in_flight.dec()
+            route = environ.get("bottle.route")
+            metrics.observe_request(
+                environ.get("REQUEST_METHOD", "-"), route.rule if route is not None else None, status[0], elapsed
+            )
             access_log.info(
                 "%s %s %s %s %s %d %.1fms",
                 rid,
@@ -78,6 +86,6 @@ class RequestContext:
                 path + ("?" + environ["QUERY_STRING"] if environ.get("QUERY_STRING") else ""),
                 status[0],
                 sum(len(c) for c in chunks),
-                (time.monotonic() - started) * 1000,
+                elapsed * 1000,
             )
             logs.request_id.reset(token)

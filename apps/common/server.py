@@ -35,7 +35,7 @@ from waitress.server import TcpWSGIServer
 from waitress.task import ErrorTask
 from waitress.utilities import build_http_date
 
-from common import logs
+from common import logs, metrics
 from common.jsonapi import JSON_TYPE, to_json
 from common.request_context import SERVED_BY, RequestContext, valid_request_id
 
@@ -87,6 +87,7 @@ class JsonErrorTask(ErrorTask):
         self.status = f"{error.code} {error.reason}"
         self.response_headers.extend([("Content-Type", JSON_TYPE), ("X-Request-ID", rid), ("X-Served-By", SERVED_BY)])
         self.set_close_on_finish()
+        metrics.http_rejected.inc("bad_request" if error.code < 500 else "server_error")
         self.content_length = len(body)
         self.write(body)
         method, path = getattr(self.request, "command", None), getattr(self.request, "path", None)
@@ -140,6 +141,7 @@ class Channel(HTTPChannel):
             if now - self.request_started > limits.request_timeout:
                 log.info("closing %s: request not complete after %d s", self.addr[0], limits.request_timeout)
                 message = f"request not received completely within {limits.request_timeout} s"
+                metrics.http_rejected.inc("request_timeout")
                 self.answer_and_close("408 Request Timeout", message)
         elif time.time() - self.last_activity > limits.idle_timeout:
             self.will_close = True
@@ -228,7 +230,9 @@ class Server(TcpWSGIServer):
                 channel.counted = True
                 self.per_client[host] += 1
                 self.counted_total += 1
+                metrics.http_connections.set(self.counted_total)
         if refusal is not None:
+            metrics.http_rejected.inc("too_many_connections")
             self.refusals.warning("refusing a connection from %s: %s", host, refusal)
             channel.answer_and_close("503 Service Unavailable", refusal)
 
@@ -250,6 +254,7 @@ class Server(TcpWSGIServer):
                 if not self.per_client[host]:
                     del self.per_client[host]
                 self.counted_total -= 1
+                metrics.http_connections.set(self.counted_total)
 
     def maintenance(self, now: float) -> None:
         """Deadlines of every connection (run every ``cleanup_interval`` by waitress's ``readable``)."""

@@ -17,6 +17,7 @@ import pika.frame
 import pytest
 from pika.spec import Basic, Connection
 
+from api_gateway_app import publisher as publisher_module
 from api_gateway_app.publisher import BrokerBlocked, Publisher, PublishFailed, PublishUnconfirmed
 from common.amqp import BrokerSettings
 from common.orders import Message, normalise_order, order_message
@@ -329,3 +330,30 @@ def test_many_web_threads_publishing_at_once_each_get_their_own_confirm(loop: Lo
         thread.join(timeout=10)
     assert outcomes == ["confirmed"] * 20
     assert len(channel.published) == 20 and publisher._pending == {}
+
+
+def test_each_publish_outcome_is_counted_once_under_its_own_name(loop: Loop) -> None:
+    counted = publisher_module.published
+    before = {o: counted.value(o) for o in publisher_module.OUTCOMES}
+    publisher, channel = connected(loop, confirm_timeout=0.3)
+    replies = iter([ack, nack, None])  # confirmed, nacked, then no answer at all (unconfirmed)
+
+    def reply(tag: int) -> None:
+        answer = next(replies)
+        if answer is not None:
+            loop.add_callback_threadsafe(lambda: publisher._on_confirm(answer(tag)))
+
+    channel.on_publish = reply
+    publisher.publish(message())
+    with pytest.raises(PublishFailed):
+        publisher.publish(message())
+    with pytest.raises(PublishUnconfirmed):
+        publisher.publish(message())
+    loop.call(lambda: publisher._on_blocked(None, pika.frame.Method(0, Connection.Blocked(reason="disk"))))  # type: ignore[arg-type]
+    with pytest.raises(BrokerBlocked):
+        publisher.publish(message())
+    with pytest.raises(PublishFailed):
+        Publisher(SETTINGS, 5).publish(message())
+    after = {o: counted.value(o) - before[o] for o in publisher_module.OUTCOMES}
+    assert after == {"confirmed": 1, "nacked": 1, "returned": 0, "unconfirmed": 1, "blocked": 1, "unavailable": 1}
+    assert publisher_module.broker_blocked.value() == 1

@@ -1,0 +1,359 @@
+"""Prometheus metrics of the apps, written with the standard library: counters, gauges and histograms
+kept in this process, served as text (exposition format 0.0.4) on a port of their own.
+
+The metrics listener is a separate small server (``serve``), never the app's HTTP port: the gateway's
+port is the public one, and a scrape must get through while every worker thread of the app is busy.
+
+Label values are always from a bounded set (route templates, outcome names, upstream names), never a
+raw path, id or error message, so that the number of series stays fixed whatever clients send.
+Updating a metric costs a dictionary look-up and a lock (about a microsecond): cheap next to a request.
+"""
+
+from __future__ import annotations
+
+import bisect
+import logging
+import os
+import re
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+log = logging.getLogger(__name__)
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+# Seconds: from a millisecond (a cached answer) to the gateway's upstream read timeout.
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+# A scrape that does not send its request within this many seconds is dropped.
+SCRAPE_TIMEOUT = 5.0
+
+Labels = tuple[str, ...]
+Sample = tuple[str, Labels, Labels, float]  # name suffix, label names, label values, value
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def _number(value: float) -> str:
+    if value == float("inf"):
+        return "+Inf"
+    if value == int(value) and abs(value) < 1e15:
+        return str(int(value))
+    return repr(float(value))
+
+
+def _labels(names: Labels, values: Labels) -> str:
+    if not names:
+        return ""
+    return "{" + ",".join(f'{n}="{_escape(v)}"' for n, v in zip(names, values, strict=True)) + "}"
+
+
+class Metric:
+    """A metric family: ``name`` with a fixed list of label names; one series per label values."""
+
+    kind = "untyped"
+
+    def __init__(self, name: str, help_text: str, labels: Sequence[str] = ()) -> None:
+        self.name = name
+        self.help = help_text
+        self.label_names: Labels = tuple(labels)
+        self._lock = threading.Lock()
+
+    def samples(self) -> Iterable[Sample]:
+        raise NotImplementedError
+
+    def render(self) -> str:
+        lines = [f"# HELP {self.name} {self.help}", f"# TYPE {self.name} {self.kind}"]
+        for suffix, names, values, value in self.samples():
+            lines.append(f"{self.name}{suffix}{_labels(names, values)} {_number(value)}")
+        return "\n".join(lines) + "\n"
+
+
+class Counter(Metric):
+    """A count that only goes up. ``inc(*label_values)``; series named up front start at 0."""
+
+    kind = "counter"
+
+    def __init__(self, name: str, help_text: str, labels: Sequence[str] = (), initial: Iterable[Labels] = ()) -> None:
+        super().__init__(name, help_text, labels)
+        self._values: dict[Labels, float] = {values: 0.0 for values in initial}
+        if not self.label_names:
+            self._values[()] = 0.0
+
+    def inc(self, *values: str, amount: float = 1.0) -> None:
+        with self._lock:
+            self._values[values] = self._values.get(values, 0.0) + amount
+
+    def value(self, *values: str) -> float:
+        return self._values.get(values, 0.0)
+
+    def samples(self) -> Iterable[Sample]:
+        with self._lock:
+            items = sorted(self._values.items())
+        return [("_total", self.label_names, values, value) for values, value in items]
+
+
+class Gauge(Metric):
+    """A value that goes up and down: ``set``/``inc``/``dec``, or read from ``source`` at each scrape."""
+
+    kind = "gauge"
+
+    def __init__(
+        self,
+        name: str,
+        help_text: str,
+        labels: Sequence[str] = (),
+        source: Callable[[], Iterable[tuple[Labels, float]]] | None = None,
+    ) -> None:
+        super().__init__(name, help_text, labels)
+        self._values: dict[Labels, float] = {} if self.label_names or source else {(): 0.0}
+        self._source = source
+
+    def set(self, value: float, *values: str) -> None:
+        with self._lock:
+            self._values[values] = value
+
+    def inc(self, *values: str, amount: float = 1.0) -> None:
+        with self._lock:
+            self._values[values] = self._values.get(values, 0.0) + amount
+
+    def dec(self, *values: str, amount: float = 1.0) -> None:
+        self.inc(*values, amount=-amount)
+
+    def value(self, *values: str) -> float:
+        return self._values.get(values, 0.0)
+
+    def samples(self) -> Iterable[Sample]:
+        if self._source is not None:
+            items = sorted(self._source())
+        else:
+            with self._lock:
+                items = sorted(self._values.items())
+        return [("", self.label_names, values, value) for values, value in items]
+
+
+class Histogram(Metric):
+    """Observations counted into cumulative ``le`` buckets, with their sum and count."""
+
+    kind = "histogram"
+
+    def __init__(
+        self, name: str, help_text: str, labels: Sequence[str] = (), buckets: Sequence[float] = LATENCY_BUCKETS
+    ) -> None:
+        super().__init__(name, help_text, labels)
+        self.bounds = tuple(sorted(buckets))
+        # Per series: one count per bucket (not cumulative) and one for above the last bound, then the sum.
+        self._series: dict[Labels, list[float]] = {}
+        if not self.label_names:
+            self._series[()] = [0.0] * (len(self.bounds) + 2)
+
+    def observe(self, value: float, *values: str) -> None:
+        index = bisect.bisect_left(self.bounds, value)
+        with self._lock:
+            series = self._series.get(values)
+            if series is None:
+                series = self._series[values] = [0.0] * (len(self.bounds) + 2)
+            series[index] += 1
+            series[-1] += value
+
+    def count(self, *values: str) -> int:
+        series = self._series.get(values)
+        return int(sum(series[:-1])) if series else 0
+
+    def samples(self) -> Iterable[Sample]:
+        with self._lock:
+            items = sorted((values, list(series)) for values, series in self._series.items())
+        names = (*self.label_names, "le")
+        out: list[Sample] = []
+        for values, series in items:
+            cumulative = 0.0
+            for bound, count in zip((*self.bounds, float("inf")), series[:-1], strict=True):
+                cumulative += count
+                out.append(("_bucket", names, (*values, _number(bound)), cumulative))
+            out.append(("_sum", self.label_names, values, series[-1]))
+            out.append(("_count", self.label_names, values, cumulative))
+        return out
+
+
+class Registry:
+    """The metrics of one process, rendered in registration order."""
+
+    def __init__(self) -> None:
+        self._metrics: dict[str, Metric] = {}
+        self._lock = threading.Lock()
+
+    def register(self, metric: Metric) -> Any:
+        with self._lock:
+            if metric.name in self._metrics:
+                raise ValueError(f"metric {metric.name} is already registered")
+            self._metrics[metric.name] = metric
+        return metric
+
+    def counter(self, name: str, help_text: str, labels: Sequence[str] = (), **kw: Any) -> Counter:
+        return self.register(Counter(name, help_text, labels, **kw))
+
+    def gauge(self, name: str, help_text: str, labels: Sequence[str] = (), **kw: Any) -> Gauge:
+        return self.register(Gauge(name, help_text, labels, **kw))
+
+    def histogram(self, name: str, help_text: str, labels: Sequence[str] = (), **kw: Any) -> Histogram:
+        return self.register(Histogram(name, help_text, labels, **kw))
+
+    def __iter__(self) -> Iterator[Metric]:
+        with self._lock:
+            return iter(list(self._metrics.values()))
+
+    def render(self) -> bytes:
+        parts = []
+        for metric in self:
+            try:
+                parts.append(metric.render())
+            except Exception:  # one broken source must not hide every other metric
+                log.exception("metric %s could not be read", metric.name)
+        return "".join(parts).encode("utf-8")
+
+
+# --- the process itself, read from /proc at each scrape ------------------------------------------
+
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+_PAGE_SIZE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+
+def _proc_stat() -> list[str]:
+    with open("/proc/self/stat", encoding="ascii") as f:
+        # The command name (field 2) may hold spaces: split after its closing parenthesis.
+        return f.read().rsplit(")", 1)[1].split()
+
+
+def _process_metrics(registry: Registry) -> None:
+    started = time.time()
+
+    def cpu() -> list[tuple[Labels, float]]:
+        fields = _proc_stat()  # fields[11], [12]: utime, stime (fields 14 and 15 of the whole line)
+        return [((), (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS)]
+
+    def memory() -> list[tuple[Labels, float]]:
+        with open("/proc/self/statm", encoding="ascii") as f:
+            return [((), int(f.read().split()[1]) * _PAGE_SIZE)]
+
+    def descriptors() -> list[tuple[Labels, float]]:
+        return [((), len(os.listdir("/proc/self/fd")))]
+
+    # CPU time only goes up, but it is read from the kernel: a gauge family named like the usual counter.
+    registry.register(_ProcessCounter("process_cpu_seconds", "User and system CPU time of the process.", cpu))
+    registry.gauge("process_resident_memory_bytes", "Resident memory of the process.", source=memory)
+    registry.gauge("process_open_fds", "Open file descriptors of the process.", source=descriptors)
+    registry.gauge("process_threads", "Threads of the process.", source=lambda: [((), threading.active_count())])
+    registry.gauge("process_start_time_seconds", "Start of the process, Unix time.", source=lambda: [((), started)])
+
+
+class _ProcessCounter(Metric):
+    kind = "counter"
+
+    def __init__(self, name: str, help_text: str, source: Callable[[], list[tuple[Labels, float]]]) -> None:
+        super().__init__(name, help_text)
+        self._source = source
+
+    def samples(self) -> Iterable[Sample]:
+        return [("_total", (), values, value) for values, value in self._source()]
+
+
+REGISTRY = Registry()
+if os.path.exists("/proc/self/stat"):
+    _process_metrics(REGISTRY)
+
+
+# --- the listener ---------------------------------------------------------------------------------
+
+
+class _Handler(BaseHTTPRequestHandler):
+    registry: Registry = REGISTRY
+    timeout = SCRAPE_TIMEOUT
+    server_version = "metrics"
+    sys_version = ""
+
+    def do_GET(self) -> None:
+        if self.path.split("?", 1)[0] != "/metrics":
+            self._answer(404, b"not found: metrics are at /metrics\n", "text/plain; charset=utf-8")
+            return
+        self._answer(200, self.registry.render(), CONTENT_TYPE)
+
+    def _answer(self, status: int, body: bytes, content_type: str) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass  # one line per scrape would drown the access log; Prometheus records every scrape itself
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+
+def serve(port: int, registry: Registry = REGISTRY, host: str = "0.0.0.0") -> ThreadingHTTPServer:  # noqa: S104
+    """Serve ``registry`` at ``http://host:port/metrics`` from a background thread; returns the server."""
+    handler = type("Handler", (_Handler,), {"registry": registry})
+    server = _Server((host, port), handler)
+    threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
+    log.info("metrics on port %d (/metrics)", server.server_address[1])
+    return server
+
+
+# --- HTTP requests, shared by the three apps --------------------------------------------------------
+
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+http_requests = REGISTRY.counter(
+    "http_requests",
+    "HTTP requests answered, by method, route template and status class.",
+    ("method", "route", "status"),
+)
+http_duration = REGISTRY.histogram(
+    "http_request_duration_seconds",
+    "Time to answer an HTTP request, by method and route template.",
+    ("method", "route"),
+)
+http_in_flight = REGISTRY.gauge("http_requests_in_flight", "HTTP requests being answered now.")
+http_connections = REGISTRY.gauge(
+    "http_connections_open", "Client connections open and counted against the bounds (loopback excluded)."
+)
+http_rejected = REGISTRY.counter(
+    "http_connections_rejected",
+    "Connections answered with an error before any app code ran, by reason.",
+    ("reason",),
+    initial=[("too_many_connections",), ("request_timeout",), ("bad_request",), ("server_error",)],
+)
+
+
+def status_class(status: str | int) -> str:
+    first = str(status)[:1]
+    return f"{first}xx" if first and first in "12345" else "5xx"
+
+
+_TEMPLATES: dict[str, str] = {}
+_PARAMETER = re.compile(r"<([A-Za-z_][A-Za-z0-9_]*)(?::[^>]*)?>")
+
+
+def route_template(rule: str | None) -> str:
+    """``/api/movies/<movie_id>`` as ``/api/movies/{movie_id}``; "unmatched" when no route answered."""
+    if rule is None:
+        return "unmatched"
+    template = _TEMPLATES.get(rule)
+    if template is None:
+        template = _TEMPLATES[rule] = _PARAMETER.sub(r"{\1}", rule)
+    return template
+
+
+def observe_request(method: str, rule: str | None, status: str, seconds: float) -> None:
+    method, route = method_label(method), route_template(rule)
+    http_requests.inc(method, route, status_class(status))
+    http_duration.observe(seconds, method, route)
+
+
+def method_label(method: str) -> str:
+    """The request method, or "other" for anything outside the usual set (methods are client-chosen)."""
+    return method if method in METHODS else "other"
