@@ -304,29 +304,9 @@ def serve(port: int, registry: Registry = REGISTRY, host: str = "0.0.0.0") -> Th
     return server
 
 
-# --- HTTP requests, shared by the three apps --------------------------------------------------------
+# --- labels of HTTP requests, shared by the three apps --------------------------------------------------------
 
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
-http_requests = REGISTRY.counter(
-    "http_requests",
-    "HTTP requests answered, by method, route template and status class.",
-    ("method", "route", "status"),
-)
-http_duration = REGISTRY.histogram(
-    "http_request_duration_seconds",
-    "Time to answer an HTTP request, by method and route template.",
-    ("method", "route"),
-)
-http_in_flight = REGISTRY.gauge("http_requests_in_flight", "HTTP requests being answered now.")
-http_connections = REGISTRY.gauge(
-    "http_connections_open", "Client connections open and counted against the bounds (loopback excluded)."
-)
-http_rejected = REGISTRY.counter(
-    "http_connections_rejected",
-    "Connections answered with an error before any app code ran, by reason.",
-    ("reason",),
-    initial=[("too_many_connections",), ("request_timeout",), ("bad_request",), ("server_error",)],
-)
 
 
 def status_class(status: str | int) -> str:
@@ -346,12 +326,6 @@ def route_template(rule: str | None) -> str:
     if template is None:
         template = _TEMPLATES[rule] = _PARAMETER.sub(r"{\1}", rule)
     return template
-
-
-def observe_request(method: str, rule: str | None, status: str, seconds: float) -> None:
-    method, route = method_label(method), route_template(rule)
-    http_requests.inc(method, route, status_class(status))
-    http_duration.observe(seconds, method, route)
 
 
 def method_label(method: str) -> str:

@@ -50,6 +50,16 @@ LINGER_SECONDS = 2.0
 CHECK_INTERVAL = 1
 # Descriptors beyond the connections: listening socket, trigger pipe, logs, upstream and broker connections.
 SPARE_DESCRIPTORS = 256
+connections_open = metrics.REGISTRY.gauge(
+    "http_connections_open", "Client connections open and counted against the bounds (loopback excluded)."
+)
+connections_refused = metrics.REGISTRY.counter(
+    "http_connections_rejected",
+    "Requests answered with an error before any app code ran, by reason: too_many_connections (503), "
+    "request_timeout (408), bad_request (400, 413, 431, 501 from the HTTP parser), server_error.",
+    ("reason",),
+    initial=[("too_many_connections",), ("request_timeout",), ("bad_request",), ("server_error",)],
+)
 
 
 @dataclass(frozen=True)
@@ -87,7 +97,7 @@ class JsonErrorTask(ErrorTask):
         self.status = f"{error.code} {error.reason}"
         self.response_headers.extend([("Content-Type", JSON_TYPE), ("X-Request-ID", rid), ("X-Served-By", SERVED_BY)])
         self.set_close_on_finish()
-        metrics.http_rejected.inc("bad_request" if error.code < 500 else "server_error")
+        connections_refused.inc("bad_request" if error.code < 500 else "server_error")
         self.content_length = len(body)
         self.write(body)
         method, path = getattr(self.request, "command", None), getattr(self.request, "path", None)
@@ -141,7 +151,7 @@ class Channel(HTTPChannel):
             if now - self.request_started > limits.request_timeout:
                 log.info("closing %s: request not complete after %d s", self.addr[0], limits.request_timeout)
                 message = f"request not received completely within {limits.request_timeout} s"
-                metrics.http_rejected.inc("request_timeout")
+                connections_refused.inc("request_timeout")
                 self.answer_and_close("408 Request Timeout", message)
         elif time.time() - self.last_activity > limits.idle_timeout:
             self.will_close = True
@@ -230,9 +240,9 @@ class Server(TcpWSGIServer):
                 channel.counted = True
                 self.per_client[host] += 1
                 self.counted_total += 1
-                metrics.http_connections.set(self.counted_total)
+                connections_open.set(self.counted_total)
         if refusal is not None:
-            metrics.http_rejected.inc("too_many_connections")
+            connections_refused.inc("too_many_connections")
             self.refusals.warning("refusing a connection from %s: %s", host, refusal)
             channel.answer_and_close("503 Service Unavailable", refusal)
 
@@ -254,7 +264,7 @@ class Server(TcpWSGIServer):
                 if not self.per_client[host]:
                     del self.per_client[host]
                 self.counted_total -= 1
-                metrics.http_connections.set(self.counted_total)
+                connections_open.set(self.counted_total)
 
     def maintenance(self, now: float) -> None:
         """Deadlines of every connection (run every ``cleanup_interval`` by waitress's ``readable``)."""

@@ -11,7 +11,7 @@ import urllib.request
 import bottle
 import pytest
 
-from common import metrics
+from common import metrics, request_context
 from common.request_context import RequestContext
 
 # One sample line of the text exposition format 0.0.4: name, optional labels, value.
@@ -128,16 +128,16 @@ def test_a_request_counts_under_its_route_template_never_its_raw_path() -> None:
         environ["wsgi.input"] = io.BytesIO()
         wrapped(environ, lambda *a: None)
 
-    before_ok = metrics.http_requests.value("GET", "/things/{thing_id}", "2xx")
-    before_missing = metrics.http_requests.value("GET", "unmatched", "4xx")
-    before_count = metrics.http_duration.count("GET", "/things/{thing_id}")
+    before_ok = request_context.http_requests.value("GET", "/things/{thing_id}", "2xx")
+    before_missing = request_context.http_requests.value("GET", "unmatched", "4xx")
+    before_count = request_context.http_duration.count("GET", "/things/{thing_id}")
     for n in range(3):
         call(f"/things/{n}")
     call("/nowhere")
-    assert metrics.http_requests.value("GET", "/things/{thing_id}", "2xx") == before_ok + 3
-    assert metrics.http_requests.value("GET", "unmatched", "4xx") == before_missing + 1
-    assert metrics.http_duration.count("GET", "/things/{thing_id}") == before_count + 3
-    assert metrics.http_in_flight.value() == 0
+    assert request_context.http_requests.value("GET", "/things/{thing_id}", "2xx") == before_ok + 3
+    assert request_context.http_requests.value("GET", "unmatched", "4xx") == before_missing + 1
+    assert request_context.http_duration.count("GET", "/things/{thing_id}") == before_count + 3
+    assert request_context.http_in_flight.value() == 0
     text = metrics.REGISTRY.render().decode()
     assert "/things/1" not in text and "/nowhere" not in text
 
