@@ -7,6 +7,7 @@ import base64
 import itertools
 import json
 import os
+import re
 import secrets
 import subprocess
 import threading
@@ -256,6 +257,55 @@ def internal_http(
     return Response(
         answer["status"], {k.lower(): v for k, v in answer["headers"].items()}, base64.b64decode(answer["body"])
     )
+
+
+# Where each service serves Prometheus metrics inside the backend network (billing-app: its HTTP API
+# on 9100, its consumer on 9101; the databases' exporter; the broker's plugin).
+METRICS_PORTS = {
+    "api-gateway-app": 9100,
+    "inventory-app": 9100,
+    "billing-app": 9100,
+    "billing-consumer": 9101,
+    "inventory-db": 9187,
+    "billing-db": 9187,
+    "rabbit-queue": 15692,
+}
+_SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)$")
+_LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
+
+
+class Metrics:
+    """A scrape: ``value(name, **labels)`` sums the samples of ``name`` whose labels include ``labels``."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.samples: list[tuple[str, dict[str, str], float]] = []
+        for line in text.splitlines():
+            if not line or line.startswith("#"):
+                continue
+            match = _SAMPLE.match(line)
+            assert match, f"not a Prometheus sample line: {line!r}"
+            labels = dict(_LABEL.findall(match.group(2) or ""))
+            self.samples.append((match.group(1), labels, float(match.group(3))))
+
+    def series(self, name: str, **labels: str) -> list[dict[str, str]]:
+        return [have for n, have, _ in self.samples if n == name and labels.items() <= have.items()]
+
+    def value(self, name: str, **labels: str) -> float:
+        """The sum; 0 for a series not seen yet (a counter before its first event), but the metric
+        itself must be in the scrape, so a misspelt name fails."""
+        found = [v for n, have, v in self.samples if n == name and labels.items() <= have.items()]
+        family = re.sub(r"_(total|count|sum|bucket)$", "", name)
+        assert found or f"# TYPE {family} " in self.text, f"no metric {name} in the scrape"
+        return sum(found)
+
+
+def scrape(stack: Stack, target: str) -> Metrics:
+    """GET /metrics of ``target`` (a key of METRICS_PORTS) from inside the backend network."""
+    service = "billing-app" if target == "billing-consumer" else target
+    answer = internal_http(stack, service, "GET", "/metrics", port=METRICS_PORTS[target])
+    assert answer.status == 200, (target, answer.status, answer.body[:200])
+    return Metrics(answer.body.decode())
 
 
 def make_env_file(path: Path, prefix: str = PROJECT, port: int = PORT) -> dict[str, str]:

@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 
 from common.orders import message_id
-from stack import ROOT, Response, Stack, fresh_user, internal_http, run, wait_for
+from stack import ROOT, Response, Stack, fresh_user, internal_http, run, scrape, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -433,6 +433,7 @@ def test_poison_messages_are_dead_lettered_with_the_reason_logged_and_the_next_o
     not_json, bad_field, valid = (str(uuid.uuid4()) for _ in range(3))
     body = json.dumps(order(user, 2, "3.50"))
     dlq_before = stack.queue_depth(DLQ)
+    dead_lettered = scrape(stack, "billing-consumer").value("billing_dead_lettered_total", reason="invalid_message")
     since = docker_now()
     publish_direct(
         stack,
@@ -450,6 +451,8 @@ def test_poison_messages_are_dead_lettered_with_the_reason_logged_and_the_next_o
     assert re.search(rf"rejecting message {bad_field} to the dead-letter queue: total_amount must be", logs)
     assert "to the dead-letter queue: message has no valid message_id" in logs
     wait_depth(stack, QUEUE, 0)
+    counted = scrape(stack, "billing-consumer").value("billing_dead_lettered_total", reason="invalid_message")
+    assert counted - dead_lettered == 3
 
 
 def test_an_order_the_database_refuses_is_dead_lettered_alone_and_the_rest_of_its_batch_is_stored(
@@ -461,6 +464,9 @@ def test_an_order_the_database_refuses_is_dead_lettered_alone_and_the_rest_of_it
     refused = str(uuid.uuid4())
     good = [str(uuid.uuid4()) for _ in range(4)]
     dlq_before = stack.queue_depth(DLQ)
+    refused_before = scrape(stack, "billing-consumer").value(
+        "billing_dead_lettered_total", reason="refused_by_database"
+    )
     since = docker_now()
     stack.psql("billing-db", "ALTER TABLE orders ADD CONSTRAINT test_refused CHECK (total_amount <> 13.37) NOT VALID")
     try:
@@ -478,6 +484,8 @@ def test_an_order_the_database_refuses_is_dead_lettered_alone_and_the_rest_of_it
     assert f"rejecting message {refused} to the dead-letter queue: refused by the database" in logs
     assert "consuming interrupted" not in logs, logs
     assert stack.health("billing-app") == "healthy"
+    refused_after = scrape(stack, "billing-consumer").value("billing_dead_lettered_total", reason="refused_by_database")
+    assert refused_after - refused_before == 1
 
 
 def test_a_message_id_delivered_twice_is_stored_once(stack: Stack) -> None:

@@ -26,7 +26,7 @@ from openapi_spec_validator import validate
 
 from api_gateway_app import openapi
 from common.app_main import DEFAULT_MAX_BODY_BYTES
-from stack import PORT, PREFIX, PROJECT, ROOT, Response, Stack, internal_http, run, wait_for
+from stack import PORT, PREFIX, PROJECT, ROOT, Response, Stack, internal_http, run, scrape, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -720,6 +720,8 @@ def timed(call: Any, *args: Any, **kwargs: Any) -> tuple[Response, float]:
 
 def test_a_hung_inventory_app_does_not_stall_orders_health_or_the_other_upstream(stack: Stack) -> None:
     movie = new_movie(stack, f"bulkhead {uuid.uuid4().hex[:8]}")
+    errors = "gateway_upstream_errors_total"
+    before = scrape(stack, "api-gateway-app")
     run("docker", "pause", stack.container("inventory-app"))
     try:
         with ThreadPoolExecutor(20) as pool:
@@ -732,6 +734,8 @@ def test_a_hung_inventory_app_does_not_stall_orders_health_or_the_other_upstream
             health, health_took = timed(stack.http, "GET", "/health")
             orders, orders_took = timed(stack.http, "GET", "/api/orders?limit=1")
             answered = [g.result() for g in gets]
+            # The metrics listener is not one of the worker threads: it answers while they are all busy.
+            during = scrape(stack, "api-gateway-app")
     finally:
         run("docker", "unpause", stack.container("inventory-app"))
     print(f"\nwith inventory-app paused: POST {order_took:.2f}s, /health {health_took:.2f}s, orders {orders_took:.2f}s")
@@ -744,6 +748,13 @@ def test_a_hung_inventory_app_does_not_stall_orders_health_or_the_other_upstream
     refused = [(answer, took) for answer, took in answered if answer.status == 503]
     assert all(took < 2.0 for _, took in refused), [round(took, 2) for _, took in refused]
     assert all(answer.json()["error"] == "inventory-app is not answering; try again shortly" for answer, _ in refused)
+    # Counted per upstream and reason (/health's own probes of the paused app may add to both).
+    for reason, status in (("busy", 503), ("timeout", 504)):
+        grew = during.value(errors, upstream="inventory-app", reason=reason) - before.value(
+            errors, upstream="inventory-app", reason=reason
+        )
+        assert grew >= statuses[status], (reason, grew, statuses)
+    assert during.value(errors, upstream="billing-app") == before.value(errors, upstream="billing-app")
     stack.wait_healthy()
     assert stack.http("GET", f"/api/movies/{movie['id']}").status == 200
 

@@ -31,7 +31,7 @@ from test_billing import (
     wait_depth,
 )
 
-from stack import Stack, fresh_user, internal_http, wait_for
+from stack import Stack, fresh_user, internal_http, scrape, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -94,10 +94,12 @@ def orders_held_through_an_outage(
         assert stored_ids(stack, user) == []
         assert stack.queue_depth(DLQ) == dlq_before
         assert billing_app_processes(stack) == before, "billing-app keeps running"
+        assert scrape(stack, "billing-consumer").value("billing_store_outage") == 1
     finally:
         repair()
     assert_stored_exactly_once(stack, user, message_ids, timeout=60)
     wait_health(stack, 200, {"store": "ok", "database": "ok", "consumer": "ok"})
+    assert scrape(stack, "billing-consumer").value("billing_store_outage") == 0
     wait_depth(stack, QUEUE, 0)
     assert stack.queue_depth(DLQ) == dlq_before
     assert billing_app_processes(stack) == before
