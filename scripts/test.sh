@@ -21,6 +21,32 @@ install_newman() {
 	npm install --prefix "$VENV/node" --no-audit --no-fund --loglevel=error "newman@${NEWMAN_VERSION}"
 }
 
+# promtool checks and unit-tests the Prometheus configuration and alert rules (tests/lint/test_prometheus.py).
+# Only that binary is taken from Debian's prometheus package (no service installed): downloaded by apt,
+# which checks it against the signed package lists, and extracted into the test venv once.
+install_promtool() {
+	local bin="$VENV/bin/promtool" dir
+	local -a apt_options=()
+	if [[ -x "$bin" ]] || command -v promtool >/dev/null; then
+		return
+	fi
+	if ! command -v apt-get >/dev/null; then
+		printf 'warning: promtool not found and no apt-get to fetch it: the Prometheus lint tests will fail\n' >&2
+		return
+	fi
+	# As root, apt downloads as its _apt user, which cannot write into this private directory.
+	((EUID != 0)) || apt_options=(-o APT::Sandbox::User=root)
+	dir="$(mktemp -d)"
+	if (cd "$dir" && apt-get download -qq "${apt_options[@]}" prometheus); then
+		dpkg-deb --fsys-tarfile "$dir"/prometheus_*.deb | tar -x -C "$dir" ./usr/bin/promtool
+		install -m 0755 "$dir/usr/bin/promtool" "$bin"
+	else
+		printf 'warning: apt-get download prometheus failed (run apt-get update first?): no promtool,' >&2
+		printf ' the Prometheus lint tests will fail\n' >&2
+	fi
+	rm -rf "$dir"
+}
+
 main() {
 	if [[ ! -x "$VENV/bin/pytest" ]] || ! cmp -s tests/requirements.txt "$VENV/requirements.txt"; then
 		python3 -m venv "$VENV"
@@ -30,8 +56,10 @@ main() {
 		cp tests/requirements.txt "$VENV/requirements.txt"
 	fi
 	install_newman
+	install_promtool
 	scripts/base-image.sh
-	PATH="$PWD/$VENV/bin:$PATH" exec "$VENV/bin/pytest" "$@"
+	# PWC_TEST_VENV may be relative (to the repository) or absolute.
+	PATH="$(realpath "$VENV")/bin:$PATH" exec "$VENV/bin/pytest" "$@"
 }
 
 main "$@"

@@ -20,12 +20,18 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 ROOT = Path(__file__).resolve().parent.parent
-# Override both to run two test stacks side by side (e.g. PWC_TEST_PREFIX=pwc-test2 PWC_TEST_PORT=3301).
+# Override these to run two test stacks side by side (e.g. PWC_TEST_PREFIX=pwc-test2 PWC_TEST_PORT=3301
+# PWC_TEST_PROMETHEUS_PORT=3391).
 PROJECT = os.environ.get("PWC_TEST_PREFIX", "pwc-test")
 PREFIX = PROJECT + "-"
 PORT = int(os.environ.get("PWC_TEST_PORT", "3300"))
+# Prometheus's loopback port, used only when a test enables the "monitoring" profile; never a user's 9090.
+PROMETHEUS_PORT = int(os.environ.get("PWC_TEST_PROMETHEUS_PORT", "3390"))
 SERVICES = ("inventory-db", "billing-db", "rabbit-queue", "inventory-app", "billing-app", "api-gateway-app")
 VOLUMES = ("inventory-database", "billing-database", "rabbit-queue", "api-gateway-app")
+# Opt-in (compose profile "monitoring"): left out by `compose up`, so not part of the test stack above.
+MONITORING_SERVICES = ("prometheus",)
+MONITORING_VOLUMES = ("prometheus",)
 
 
 def run(
@@ -259,16 +265,17 @@ def internal_http(
     )
 
 
-# Where each service serves Prometheus metrics inside the backend network (billing-app: its HTTP API
-# on 9100, its consumer on 9101; the databases' exporter; the broker's plugin).
-METRICS_PORTS = {
-    "api-gateway-app": 9100,
-    "inventory-app": 9100,
-    "billing-app": 9100,
-    "billing-consumer": 9101,
-    "inventory-db": 9187,
-    "billing-db": 9187,
-    "rabbit-queue": 15692,
+# Where Prometheus (and the tests) read each service's metrics inside the backend network: the apps'
+# own listener (billing-app has two processes: its HTTP API, and its consumer on 9101), the databases'
+# exporter, the broker's plugin. Target name -> (service, port).
+METRICS_TARGETS = {
+    "api-gateway-app": ("api-gateway-app", 9100),
+    "inventory-app": ("inventory-app", 9100),
+    "billing-app": ("billing-app", 9100),
+    "billing-consumer": ("billing-app", 9101),
+    "inventory-db": ("inventory-db", 9187),
+    "billing-db": ("billing-db", 9187),
+    "rabbit-queue": ("rabbit-queue", 15692),
 }
 _SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)$")
 _LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
@@ -301,15 +308,17 @@ class Metrics:
 
 
 def scrape(stack: Stack, target: str) -> Metrics:
-    """GET /metrics of ``target`` (a key of METRICS_PORTS) from inside the backend network."""
-    service = "billing-app" if target == "billing-consumer" else target
-    answer = internal_http(stack, service, "GET", "/metrics", port=METRICS_PORTS[target])
+    """GET /metrics of ``target`` (a key of METRICS_TARGETS) from inside the backend network."""
+    service, port = METRICS_TARGETS[target]
+    answer = internal_http(stack, service, "GET", "/metrics", port=port)
     assert answer.status == 200, (target, answer.status, answer.body[:200])
     return Metrics(answer.body.decode())
 
 
-def make_env_file(path: Path, prefix: str = PROJECT, port: int = PORT) -> dict[str, str]:
-    """A test .env: the example's names with fresh random secrets, the test port, and the prefix
+def make_env_file(
+    path: Path, prefix: str = PROJECT, port: int = PORT, prometheus_port: int = PROMETHEUS_PORT
+) -> dict[str, str]:
+    """A test .env: the example's names with fresh random secrets, the test ports, and the prefix
     that tests/compose.test.yml gives images, containers and volumes ("<prefix>/<service>")."""
     env: dict[str, str] = {}
     for line in (ROOT / ".env.example").read_text().splitlines():
@@ -317,6 +326,7 @@ def make_env_file(path: Path, prefix: str = PROJECT, port: int = PORT) -> dict[s
             name, value = line.split("=", 1)
             env[name] = value or secrets.token_hex(16)
     env["GATEWAY_PORT"] = str(port)
+    env["PROMETHEUS_PORT"] = str(prometheus_port)
     env["TEST_PREFIX"] = prefix
     # Also the project name: a compose command given this file without -p still never touches a user's stack.
     env["COMPOSE_PROJECT_NAME"] = prefix

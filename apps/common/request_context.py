@@ -48,6 +48,12 @@ class RequestContext:
 
     def __init__(self, app: Callable[..., Any]) -> None:
         self.app = app
+        # Every route's series from 0: an error ratio or rate() sees the first error, not a series born at 1.
+        for route in getattr(app, "routes", ()):
+            for status in ("2xx", "4xx", "5xx"):
+                http_requests.inc(
+                    metrics.method_label(route.method), metrics.route_template(route.rule), status, amount=0
+                )
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
         started = time.monotonic()

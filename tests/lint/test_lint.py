@@ -5,10 +5,11 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from stack import ROOT, SERVICES, VOLUMES, run
+from stack import MONITORING_SERVICES, MONITORING_VOLUMES, ROOT, SERVICES, VOLUMES, make_env_file, run
 
 DOCKERFILES = sorted((ROOT / "images").glob("*/Dockerfile"))
 SHELL_SCRIPTS = [*sorted(ROOT.glob("scripts/**/*.sh")), *sorted(ROOT.glob("deploy/**/*.sh")), ROOT / ".ci" / "run"]
@@ -21,7 +22,7 @@ def tool(name: str) -> str:
 
 
 def test_one_dockerfile_per_service_from_bookworm_slim() -> None:
-    assert [p.parent.name for p in DOCKERFILES] == sorted(SERVICES)
+    assert [p.parent.name for p in DOCKERFILES] == sorted((*SERVICES, *MONITORING_SERVICES))
     for dockerfile in DOCKERFILES:
         froms = [line.split()[1] for line in dockerfile.read_text().splitlines() if line.upper().startswith("FROM ")]
         assert froms == ["debian:bookworm-slim"], dockerfile
@@ -47,7 +48,16 @@ def test_ruff() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_compose_names_images_containers_and_volumes_after_the_services(tmp_path: Path) -> None:
+def compose_config(env: Path, *options: str, files: tuple[str, ...] = ("docker-compose.yml",)) -> dict[str, Any]:
+    """The compose file(s) as Compose v2 resolves them with the env file ``env``."""
+    paths = [arg for name in files for arg in ("-f", str(ROOT / name))]
+    return json.loads(
+        run("docker", "compose", "--env-file", str(env), *paths, *options, "config", "--format", "json").stdout
+    )
+
+
+def every_variable_env(tmp_path: Path) -> Path:
+    """An env file setting every variable of .env.example (to 3000: a valid value for each)."""
     env = tmp_path / "env"
     env.write_text(
         "".join(
@@ -56,19 +66,12 @@ def test_compose_names_images_containers_and_volumes_after_the_services(tmp_path
             if "=" in line and not line.startswith("#")
         )
     )
-    config = json.loads(
-        run(
-            "docker",
-            "compose",
-            "--env-file",
-            str(env),
-            "-f",
-            str(ROOT / "docker-compose.yml"),
-            "config",
-            "--format",
-            "json",
-        ).stdout
-    )
+    return env
+
+
+def test_compose_names_images_containers_and_volumes_after_the_services(tmp_path: Path) -> None:
+    # The six only: prometheus is opt-in (profile "monitoring").
+    config = compose_config(every_variable_env(tmp_path))
     assert set(config["services"]) == set(SERVICES)
     for name, service in config["services"].items():
         assert service["image"] == name and service["container_name"] == name
@@ -77,6 +80,37 @@ def test_compose_names_images_containers_and_volumes_after_the_services(tmp_path
             assert "ports" not in service, name
     assert {v["name"] for v in config["volumes"].values()} == set(VOLUMES)
     assert config["networks"]["backend"]["internal"] is True
+
+
+def test_prometheus_is_opt_in_hardened_and_published_on_the_loopback_only(tmp_path: Path) -> None:
+    config = compose_config(every_variable_env(tmp_path), "--profile", "monitoring")
+    assert set(config["services"]) == {*SERVICES, *MONITORING_SERVICES}
+    assert {v["name"] for v in config["volumes"].values()} == {*VOLUMES, *MONITORING_VOLUMES}
+    prometheus = config["services"]["prometheus"]
+    assert prometheus["profiles"] == ["monitoring"]
+    assert prometheus["image"] == prometheus["container_name"] == "prometheus"
+    assert prometheus["restart"] == "on-failure" and prometheus["read_only"] is True
+    assert prometheus["cap_drop"] == ["ALL"] and prometheus["security_opt"] == ["no-new-privileges:true"]
+    assert prometheus["tmpfs"] == ["/tmp"]
+    assert [(m["source"], m["target"]) for m in prometheus["volumes"]] == [("prometheus", "/var/lib/prometheus")]
+    assert set(prometheus["networks"]) == {"backend", "edge"}
+    # No authentication: never on all interfaces.
+    assert [(p["host_ip"], p["published"], p["target"]) for p in prometheus["ports"]] == [("127.0.0.1", "3000", 9090)]
+
+
+def test_the_test_stack_leaves_prometheus_out_and_gives_it_the_test_names(tmp_path: Path) -> None:
+    env = tmp_path / "test.env"
+    settings = make_env_file(env)
+    files = ("docker-compose.yml", "tests/compose.test.yml")
+    assert set(compose_config(env, files=files)["services"]) == set(SERVICES)
+    config = compose_config(env, "--profile", "monitoring", files=files)
+    prometheus = config["services"]["prometheus"]
+    prefix = settings["TEST_PREFIX"]
+    assert prometheus["image"] == f"{prefix}/prometheus" and prometheus["container_name"] == f"{prefix}-prometheus"
+    assert config["volumes"]["prometheus"]["name"] == f"{prefix}-prometheus"
+    # Never a user's 9090 (nor their gateway's 3000).
+    assert [(p["host_ip"], p["published"]) for p in prometheus["ports"]] == [("127.0.0.1", settings["PROMETHEUS_PORT"])]
+    assert settings["PROMETHEUS_PORT"] not in ("9090", settings["GATEWAY_PORT"])
 
 
 def test_env_is_ignored_and_example_holds_no_secret() -> None:

@@ -122,6 +122,11 @@ def test_a_request_counts_under_its_route_template_never_its_raw_path() -> None:
         return thing_id
 
     wrapped = RequestContext(app)
+    # Each route's series exist from the start, at 0, so that the first error is a rise Prometheus sees.
+    assert (
+        'http_requests_total{method="GET",route="/things/{thing_id}",status="5xx"} 0'
+        in metrics.REGISTRY.render().decode()
+    )
 
     def call(path: str) -> None:
         environ = {"REQUEST_METHOD": "GET", "PATH_INFO": path, "SERVER_NAME": "x", "SERVER_PORT": "80"}
