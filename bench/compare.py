@@ -1,0 +1,231 @@
+"""Before/after in one run: the same workloads on the stack built from another git revision and on this
+tree, alternately (before, after, before, after...), so that a slow moment of the machine hits both.
+
+For each round and tree: CPU microseconds per request of each container (cgroup accounting) and req/s for
+GET /api/movies/{id} through the gateway and straight to inventory-app and for the confirmed POST
+/api/billing (wrk, c16); then the idle CPU of the stack from cgroup CPU time over a minute (healthchecks
+included) and its memory. With --monitoring the current tree also runs its Prometheus (profile
+`monitoring`, scraping every target every 15 s) during its rounds, and its idle figures include it.
+
+    bench/run.sh is the full benchmark; this is for one change:  python3 bench/compare.py --before <rev>
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime as dt
+import json
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench import CORES, RESULTS, Wrk, cpu_ns, ip_of, log
+
+from stack import ROOT, SERVICES, Stack, make_env_file, run, wait_for
+
+RUNS = (("movie_gateway", "GET /api/movies/{id} via the gateway"), ("movie_direct", "GET /api/movies/{id} direct"),
+        ("billing_gateway", "POST /api/billing (confirmed)"))  # fmt: skip
+
+
+@dataclasses.dataclass
+class TreeStack(Stack):
+    """The stack of the tree at ``root`` (its own compose files), under its own project and port."""
+
+    root: Path = ROOT
+    profiles: tuple[str, ...] = ()
+
+    def compose(self, *args: str, check: bool = True, timeout: float = 900) -> subprocess.CompletedProcess[str]:
+        files = ("-f", str(self.root / "docker-compose.yml"), "-f", str(self.root / "tests" / "compose.test.yml"))
+        profiles = [arg for p in self.profiles for arg in ("--profile", p)]
+        return run(
+            "docker", "compose", "-p", self.project, "--env-file", str(self.env_file), *files, *profiles, *args,
+            check=check, timeout=timeout,
+        )  # fmt: skip
+
+    def containers(self) -> list[str]:
+        return [self.container(s) for s in SERVICES] + [
+            self.container(p) for p in ("prometheus",) if p in self.profiles
+        ]
+
+
+def export_tree(revision: str, into: Path) -> Path:
+    """The files of ``revision`` (as git has them), unpacked into ``into``."""
+    archive = subprocess.run(
+        ["git", "-C", str(ROOT), "archive", "--format=tar", revision], capture_output=True, check=True
+    )
+    subprocess.run(["tar", "-x", "-C", str(into)], input=archive.stdout, check=True)
+    return into
+
+
+def idle(stack: TreeStack, seconds: float) -> dict[str, Any]:
+    """CPU (% of the machine, from cgroup CPU time) and memory of each container over ``seconds``."""
+    names = stack.containers()
+    ids = dict(zip(names, run("docker", "inspect", "-f", "{{.Id}}", *names).stdout.split(), strict=True))
+    before, started = {n: cpu_ns(i) for n, i in ids.items()}, time.monotonic()
+    time.sleep(seconds)
+    after, elapsed = {n: cpu_ns(i) for n, i in ids.items()}, time.monotonic() - started
+    memory = {}
+    for line in run(
+        "docker", "stats", "--no-stream", "--format", "{{.Name}} {{.MemUsage}}", *names
+    ).stdout.splitlines():
+        name, usage = line.split(" ", 1)
+        value, unit = usage.split("/")[0].strip()[:-3], usage.split("/")[0].strip()[-3:]
+        memory[name] = float(value) * {"KiB": 1 / 1024, "MiB": 1, "GiB": 1024}[unit]
+    containers = {
+        n.removeprefix(stack.container("")): {
+            "cpu_pct_of_machine": round(100 * (after[n] - before[n]) / 1e9 / elapsed / CORES, 3),
+            "mem_mib": round(memory[n], 1),
+        }
+        for n in names
+        if before[n] is not None and after[n] is not None
+    }
+    return {
+        "containers": containers,
+        "stack_cpu_pct_of_machine": round(sum(c["cpu_pct_of_machine"] for c in containers.values()), 3),
+        "stack_mem_mib": round(sum(c["mem_mib"] for c in containers.values()), 1),
+    }
+
+
+def start(stack: TreeStack) -> None:
+    stack.compose("up", "--detach", "--wait", "--wait-timeout", "300")
+
+
+def seed(stack: TreeStack) -> tuple[int, int]:
+    if stack.psql("inventory-db", "SELECT count(*) FROM movies") == "0":
+        stack.psql(
+            "inventory-db",
+            "INSERT INTO movies (title, description) SELECT 'Movie ' || i, 'Description of movie ' || i "
+            "FROM generate_series(1, 10000) AS i",
+        )
+    low, high = stack.psql("inventory-db", "SELECT min(id), max(id) FROM movies").split("|")
+    return int(low), int(high)
+
+
+def round_of(stack: TreeStack, duration: int, scripts: Path) -> dict[str, Any]:
+    low, high = seed(stack)
+    (scripts / "movie.lua").write_text(
+        f'request = function() return wrk.format("GET", "/api/movies/" .. math.random({low}, {high})) end\n'
+    )
+    (scripts / "billing.lua").write_text(
+        'wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
+        'wrk.body = \'{"user_id": 7, "number_of_items": 2, "total_amount": "19.90"}\'\n'
+    )
+    load = Wrk(stack, duration, scripts)
+    inventory = f"http://{ip_of(stack, stack.container('inventory-app'))}:8080/"
+    figures = {
+        "movie_gateway": load.wrk("http://127.0.0.1:3000/", 16, "movie.lua"),
+        "movie_direct": load.wrk(inventory, 16, "movie.lua"),
+        "billing_gateway": load.wrk("http://127.0.0.1:3000/api/billing", 16, "billing.lua"),
+    }
+    wait_for(lambda: stack.queue_depth("billing_queue") == 0, 300, 1, "the billing posts to drain")
+    return figures
+
+
+def summary(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per run: the median over the rounds of req/s and of each container's CPU µs per request."""
+    out: dict[str, Any] = {}
+    for name, _ in RUNS:
+        figures = [r[name] for r in rounds]
+        containers = sorted({c for f in figures for c in f["cpu_us_per_request"]})
+        cpu = {c: statistics.median(f["cpu_us_per_request"].get(c, 0) for f in figures) for c in containers}
+        out[name] = {
+            "rps": round(statistics.median(f["rps"] for f in figures)),
+            "p99_ms": statistics.median(f["p99_ms"] for f in figures),
+            "errors": sum(f["errors"] for f in figures),
+            "cpu_us_per_request": cpu,
+            "cpu_us_per_request_total": sum(cpu.values()),
+        }
+    return out
+
+
+def table(result: dict[str, Any]) -> str:
+    before, after = result["before"]["http"], result["after"]["http"]
+    rows = [
+        f"before = {result['before']['revision']}, after = this tree ({result['after']['revision']})"
+        + (", Prometheus scraping during the after rounds" if result["monitoring"] else "")
+        + f"; median of {result['rounds']} alternating rounds, wrk c16, {result['duration_s']} s each.",
+        "",
+        "| run | req/s before → after | CPU µs/request (all containers) before → after | ratio | after, each |",
+        "|---|---|---|---|---|",
+    ]
+    for name, label in RUNS:
+        b, a = before[name], after[name]
+        ratio = a["cpu_us_per_request_total"] / b["cpu_us_per_request_total"] if b["cpu_us_per_request_total"] else 0
+        detail = ", ".join(f"{c} {v:.0f}" for c, v in a["cpu_us_per_request"].items() if v)
+        rows.append(
+            f"| {label} | {b['rps']} → {a['rps']} | {b['cpu_us_per_request_total']:.0f} → "
+            f"{a['cpu_us_per_request_total']:.0f} | {ratio:.3f} | {detail} |"
+        )
+    rows += ["", "| idle (cgroup CPU over 60 s) | CPU % of the machine | memory MiB |", "|---|---|---|"]
+    for side in ("before", "after"):
+        i = result[side]["idle"]
+        rows.append(f"| {side}: whole stack | {i['stack_cpu_pct_of_machine']:.2f} | {i['stack_mem_mib']:.0f} |")
+        for c, v in i["containers"].items():
+            rows.append(f"| {side}: {c} | {v['cpu_pct_of_machine']:.2f} | {v['mem_mib']:.0f} |")
+    return "\n".join(rows)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--before", required=True, help="git revision to compare this tree with")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds per tree (default 3)")
+    parser.add_argument("--duration", type=int, default=15, help="seconds per wrk run (default 15)")
+    parser.add_argument("--monitoring", action="store_true", help="run this tree's Prometheus during its rounds")
+    options = parser.parse_args()
+
+    workdir = Path(tempfile.mkdtemp(prefix="pwc-compare-"))
+    before_root = export_tree(options.before, Path(tempfile.mkdtemp(prefix="pwc-before-")))
+    revision = run("git", "-C", str(ROOT), "rev-parse", "--short", "HEAD").stdout.strip()
+    stacks = {
+        "before": TreeStack(workdir / "a.env", make_env_file(workdir / "a.env", "pwc-cmp-a", 3510), "pwc-cmp-a", 3510,
+                            root=before_root),
+        "after": TreeStack(workdir / "b.env", make_env_file(workdir / "b.env", "pwc-cmp-b", 3520), "pwc-cmp-b", 3520,
+                           profiles=("monitoring",) if options.monitoring else ()),
+    }  # fmt: skip
+    rounds: dict[str, list[dict[str, Any]]] = {"before": [], "after": []}
+    result: dict[str, Any] = {
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "cores": CORES,
+        "rounds": options.rounds,
+        "duration_s": options.duration,
+        "monitoring": options.monitoring,
+    }
+    try:
+        for side, stack in stacks.items():
+            stack.compose("down", "--volumes", "--remove-orphans", check=False)
+            log(f"building {side}")
+            stack.compose("build")
+        for n in range(options.rounds):
+            for side, stack in stacks.items():
+                log(f"round {n + 1}: {side}")
+                start(stack)
+                if n == 0:
+                    time.sleep(10)  # past the start-up work
+                    result[side] = {"revision": options.before if side == "before" else revision}
+                    result[side]["idle"] = idle(stack, 60)
+                    log(f"  idle: {result[side]['idle']['stack_cpu_pct_of_machine']} % CPU")
+                rounds[side].append(round_of(stack, options.duration, workdir))
+                stack.compose("stop", "--timeout", "30")
+    finally:
+        for stack in stacks.values():
+            stack.compose("down", "--volumes", "--remove-orphans", "--timeout", "30", check=False)
+        shutil.rmtree(before_root, ignore_errors=True)
+    for side in stacks:
+        result[side]["http"] = summary(rounds[side])
+    RESULTS.mkdir(exist_ok=True)
+    out = RESULTS / f"{dt.date.today().isoformat()}-compare.json"
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(table(result))
+    print(f"\nresults written to {out}")
+
+
+if __name__ == "__main__":
+    main()
