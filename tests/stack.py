@@ -225,7 +225,8 @@ class Stack(Operator):
         return http(method, path, body, headers, raw, timeout, self.port)
 
 
-# Runs inside the gateway container (on the backend network) to reach an internal app directly.
+# Runs inside an app container (on the backend network; the gateway's by default) to reach an internal
+# service directly.
 _INTERNAL_CLIENT = """
 import base64, json, sys, urllib.error, urllib.request
 spec = json.load(sys.stdin)
@@ -249,8 +250,10 @@ def internal_http(
     headers: dict[str, str] | None = None,
     raw: bytes | None = None,
     port: int = 8080,
+    via: str = "api-gateway-app",
 ) -> Response:
-    """HTTP straight to an internal app (e.g. inventory-app:8080), from inside the backend network."""
+    """HTTP straight to an internal service (e.g. inventory-app:8080), from inside the backend network:
+    from the container of ``via``, an app (they have Python)."""
     data, all_headers = request_body(body, headers, raw)
     spec = {
         "url": f"http://{service}:{port}{path}",
@@ -258,7 +261,7 @@ def internal_http(
         "headers": all_headers,
         "body": base64.b64encode(data).decode() if data is not None else None,
     }
-    out = stack.exec("api-gateway-app", "python", "-c", _INTERNAL_CLIENT, input=json.dumps(spec)).stdout
+    out = stack.exec(via, "python", "-c", _INTERNAL_CLIENT, input=json.dumps(spec)).stdout
     answer = json.loads(out)
     return Response(
         answer["status"], {k.lower(): v for k, v in answer["headers"].items()}, base64.b64decode(answer["body"])

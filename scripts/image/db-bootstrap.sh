@@ -4,7 +4,8 @@
 #                      with the application role's rights on every table to come
 #   existing volume -> maintenance before any client can connect: the application role's password
 #                      is set from APP_DB_PASSWORD (so a password changed in .env takes effect)
-#   both            -> the schema migrations not yet applied are applied, in order (see apply_migrations)
+#   both            -> the schema migrations not yet applied are applied, in order (see apply_migrations);
+#                      the metrics exporter's role is created if missing and reset to its rights (ensure_metrics_role)
 # then exec the postgres server with /etc/postgresql/postgresql.conf.
 # Database and role names are fixed when the volume is initialised; passwords follow the settings.
 # Settings: APP_DB_NAME, APP_DB_USER, APP_DB_PASSWORD, each also as *_FILE (Docker secrets).
@@ -41,6 +42,7 @@ load_settings() {
 	check_identifier APP_DB_NAME
 	check_identifier APP_DB_USER
 	[[ "$APP_DB_USER" != postgres ]] || die "APP_DB_USER must not be the superuser postgres"
+	[[ "$APP_DB_USER" != metrics ]] || die "APP_DB_USER must not be metrics (the metrics exporter's role)"
 }
 
 # Data directory of the temporary server while it runs (for stop_leftover_server).
@@ -108,6 +110,7 @@ initialise() {
 	start_temporary_server "$tmp"
 	create_database
 	apply_migrations
+	ensure_metrics_role
 	stop_temporary_server
 	# -T: replace an empty $pgdata directory instead of moving into it.
 	mv -T "$tmp" "$pgdata"
@@ -133,6 +136,39 @@ set_app_password() {
 	temp_psql <<-'SQL'
 	\getenv app_password APP_DB_PASSWORD
 	ALTER ROLE :"app" PASSWORD :'app_password';
+	SQL
+}
+
+# The role of the metrics exporter (config/supervisor/postgres-exporter.conf), created if missing and reset at
+# every start, after the migrations, to exactly this: LOGIN without a password (peer authentication over the
+# socket, as the postgres OS user, into database postgres only: pg_hba.conf, pg_ident.conf), no other
+# attribute, a member of pg_monitor (statistics and settings views, no table data) and of nothing else, with
+# no privilege granted to it and owning nothing, in database postgres, in the application database and on
+# shared objects. The other databases (templates) are out of its reach (pg_hba.conf).
+ensure_metrics_role() {
+	temp_psql <<-'SQL'
+	SET client_min_messages = warning;
+	SELECT NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'metrics') AS metrics_missing \gset
+	\if :metrics_missing
+	CREATE ROLE metrics;
+	\endif
+	-- INHERIT: it uses pg_monitor's rights without SET ROLE. The exporter needs 2 connections.
+	ALTER ROLE metrics LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS INHERIT
+	    CONNECTION LIMIT 5 PASSWORD NULL;
+	ALTER ROLE metrics RESET ALL;
+	SELECT format('REVOKE %I FROM metrics', pg_get_userbyid(roleid)) FROM pg_auth_members
+	 WHERE member = 'metrics'::regrole AND (roleid <> 'pg_monitor'::regrole OR admin_option) \gexec
+	SELECT 'GRANT pg_monitor TO metrics' WHERE NOT EXISTS (
+	    SELECT FROM pg_auth_members WHERE member = 'metrics'::regrole AND roleid = 'pg_monitor'::regrole) \gexec
+	-- Whatever it might own is given to postgres; DROP OWNED then revokes every privilege granted to it here
+	-- and on shared objects (databases), and its default privileges.
+	REASSIGN OWNED BY metrics TO postgres;
+	DROP OWNED BY metrics;
+	SQL
+	psql_in "$APP_DB_NAME" <<-'SQL'
+	SET client_min_messages = warning;
+	REASSIGN OWNED BY metrics TO :"owner";
+	DROP OWNED BY metrics;
 	SQL
 }
 
@@ -183,6 +219,7 @@ maintenance_steps() {
 	check_names_exist
 	set_app_password
 	apply_migrations
+	ensure_metrics_role
 }
 
 maintain() {
@@ -190,7 +227,7 @@ maintain() {
 	start_temporary_server "$pgdata"
 	maintenance_steps
 	stop_temporary_server
-	log "maintenance complete: password of role $APP_DB_USER set from APP_DB_PASSWORD"
+	log "maintenance complete: password of role $APP_DB_USER set from APP_DB_PASSWORD, role metrics reset to pg_monitor"
 }
 
 # After a kill -9 of the container, postmaster.pid stays in the volume. In the new container's PID

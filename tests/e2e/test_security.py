@@ -200,10 +200,18 @@ def test_no_secret_is_visible_in_any_process_command_line(stack: Stack) -> None:
 
 
 def test_the_database_and_broker_servers_do_not_keep_passwords_in_their_environment(stack: Stack) -> None:
-    """The bootstrap scripts unset the passwords before exec'ing the server."""
+    """The bootstrap scripts unset the passwords before exec'ing the server; the metrics exporter beside
+    each database is started without the application role's password (`env -u`)."""
     values = stack_secrets(stack)
-    servers = {"inventory-db": "postgres", "billing-db": "postgres", "rabbit-queue": "beam.smp"}
-    for service, name in servers.items():
+    # Process names as /proc shows them (15 characters at most).
+    servers = [
+        ("inventory-db", "postgres"),
+        ("billing-db", "postgres"),
+        ("inventory-db", "prometheus-post"),
+        ("billing-db", "prometheus-post"),
+        ("rabbit-queue", "beam.smp"),
+    ]
+    for service, name in servers:
         pids = [p.pid for p in processes(stack, service) if p.name == name]
         assert pids, f"no {name} process in {service}"
         environments = stack.exec(
@@ -625,17 +633,24 @@ def listening_ports(stack: Stack, service: str) -> set[int]:
     return ports
 
 
-def test_the_management_plugin_is_off_and_only_amqp_and_erlang_ports_listen(stack: Stack) -> None:
-    enabled = stack.exec("rabbit-queue", "rabbitmq-plugins", "-q", "list", "--enabled", "--minimal").stdout
-    assert enabled.strip() == "", f"enabled plugins: {enabled}"
+def test_the_management_plugin_is_off_and_only_amqp_metrics_and_erlang_ports_listen(stack: Stack) -> None:
+    # Only rabbitmq_prometheus is enabled, with what it depends on; not the management plugin (UI, HTTP API).
+    # --enabled: the explicitly enabled ones; --implicitly-enabled adds their dependencies.
+    explicit = stack.exec("rabbit-queue", "rabbitmq-plugins", "-q", "list", "--enabled", "--minimal").stdout
+    assert explicit.split() == ["rabbitmq_prometheus"], f"enabled plugins: {explicit}"
+    enabled = stack.exec("rabbit-queue", "rabbitmq-plugins", "-q", "list", "--implicitly-enabled", "--minimal").stdout
+    assert "rabbitmq_management" not in enabled.split(), f"enabled plugins: {enabled}"
     ports = listening_ports(stack, "rabbit-queue")
     assert 15672 not in ports
-    # AMQP, plus the Erlang port mapper and distribution port that rabbitmqctl uses (cookie-protected).
-    assert ports == {5672, 4369, 25672}, ports
+    # AMQP, the metrics (rabbitmq_prometheus, read-only, backend network only), plus the Erlang port mapper and
+    # distribution port that rabbitmqctl uses (cookie-protected).
+    assert ports == {5672, 15692, 4369, 25672}, ports
 
 
 def test_the_databases_and_apps_listen_only_on_their_service_port(stack: Stack) -> None:
-    expected = {"inventory-db": {5432}, "billing-db": {5432}, "inventory-app": {8080}, "billing-app": {8080}}
+    # The databases: PostgreSQL and its metrics exporter.
+    databases = {service: {5432, 9187} for service in ("inventory-db", "billing-db")}
+    expected = databases | {"inventory-app": {8080}, "billing-app": {8080}}
     for service, ports in expected.items():
         assert listening_ports(stack, service) == ports, service
     assert listening_ports(stack, "api-gateway-app") == {3000}
