@@ -647,13 +647,14 @@ def test_the_management_plugin_is_off_and_only_amqp_metrics_and_erlang_ports_lis
     assert ports == {5672, 15692, 4369, 25672}, ports
 
 
-def test_the_databases_and_apps_listen_only_on_their_service_port(stack: Stack) -> None:
-    # The databases: PostgreSQL and its metrics exporter.
+def test_the_databases_and_apps_listen_only_on_their_service_and_metrics_ports(stack: Stack) -> None:
+    # The databases: PostgreSQL and its metrics exporter; the apps: their API and /metrics (billing-app: of
+    # its API and of its consumer). Only 3000 is published (test_only_the_gateway_has_a_port_published_on_the_host).
     databases = {service: {5432, 9187} for service in ("inventory-db", "billing-db")}
-    expected = databases | {"inventory-app": {8080}, "billing-app": {8080}}
+    expected = databases | {"inventory-app": {8080, 9100}, "billing-app": {8080, 9100, 9101}}
     for service, ports in expected.items():
         assert listening_ports(stack, service) == ports, service
-    assert listening_ports(stack, "api-gateway-app") == {3000}
+    assert listening_ports(stack, "api-gateway-app") == {3000, 9100}
 
 
 # --- 7. network isolation ---------------------------------------------------------------------------
