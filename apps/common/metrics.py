@@ -134,6 +134,20 @@ class Gauge(Metric):
         return [("", self.label_names, values, value) for values, value in items]
 
 
+def _histogram_samples(
+    names: Labels, bounds: tuple[float, ...], items: Iterable[tuple[Labels, list[float]]]
+) -> list[Sample]:
+    out: list[Sample] = []
+    for values, series in items:
+        cumulative = 0.0
+        for bound, count in zip((*bounds, float("inf")), series[:-1], strict=True):
+            cumulative += count
+            out.append(("_bucket", (*names, "le"), (*values, _number(bound)), cumulative))
+        out.append(("_sum", names, values, series[-1]))
+        out.append(("_count", names, values, cumulative))
+    return out
+
+
 class Histogram(Metric):
     """Observations counted into cumulative ``le`` buckets, with their sum and count."""
 
@@ -158,23 +172,72 @@ class Histogram(Metric):
             series[index] += 1
             series[-1] += value
 
+    def touch(self, *values: str) -> None:
+        """Create the series with no observation yet (so that its first one is a rise)."""
+        with self._lock:
+            self._series.setdefault(values, [0.0] * (len(self.bounds) + 2))
+
     def count(self, *values: str) -> int:
-        series = self._series.get(values)
-        return int(sum(series[:-1])) if series else 0
+        """Observations in the series whose first label values are ``values``."""
+        with self._lock:
+            matching = [s for v, s in self._series.items() if v[: len(values)] == values]
+        return int(sum(sum(s[:-1]) for s in matching))
+
+    def snapshot(self) -> list[tuple[Labels, list[float]]]:
+        with self._lock:
+            return sorted((values, list(series)) for values, series in self._series.items())
 
     def samples(self) -> Iterable[Sample]:
-        with self._lock:
-            items = sorted((values, list(series)) for values, series in self._series.items())
-        names = (*self.label_names, "le")
-        out: list[Sample] = []
-        for values, series in items:
-            cumulative = 0.0
-            for bound, count in zip((*self.bounds, float("inf")), series[:-1], strict=True):
-                cumulative += count
-                out.append(("_bucket", names, (*values, _number(bound)), cumulative))
-            out.append(("_sum", self.label_names, values, series[-1]))
-            out.append(("_count", self.label_names, values, cumulative))
-        return out
+        return _histogram_samples(self.label_names, self.bounds, self.snapshot())
+
+
+class RequestMetrics:
+    """HTTP requests, one update per request for two families: ``<prefix>_total{method,route,status}``
+    (a counter) and ``<prefix>_duration_seconds{method,route}`` (a histogram), both read at each scrape
+    from one histogram by method, route and status class."""
+
+    def __init__(self, registry: Registry, prefix: str = "http_requests") -> None:
+        self._by_status = Histogram(f"{prefix}_by_status", "", ("method", "route", "status"))
+        registry.register(_RequestCounts(prefix, self._by_status))
+        registry.register(_RequestLatency(prefix.removesuffix("s") + "_duration_seconds", self._by_status))
+
+    def observe(self, method: str, route: str, status: str, seconds: float) -> None:
+        self._by_status.observe(seconds, method, route, status)
+
+    def touch(self, method: str, route: str, status: str) -> None:
+        self._by_status.touch(method, route, status)
+
+    def count(self, method: str, route: str, status: str | None = None) -> int:
+        return self._by_status.count(method, route, *([status] if status else []))
+
+
+class _RequestCounts(Metric):
+    kind = "counter"
+
+    def __init__(self, name: str, histogram: Histogram) -> None:
+        super().__init__(
+            name, "HTTP requests answered, by method, route template and status class.", histogram.label_names
+        )
+        self._histogram = histogram
+
+    def samples(self) -> Iterable[Sample]:
+        return [("_total", self.label_names, v, sum(s[:-1])) for v, s in self._histogram.snapshot()]
+
+
+class _RequestLatency(Metric):
+    kind = "histogram"
+
+    def __init__(self, name: str, histogram: Histogram) -> None:
+        super().__init__(name, "Time to answer an HTTP request, by method and route template.", ("method", "route"))
+        self._histogram = histogram
+
+    def samples(self) -> Iterable[Sample]:
+        merged: dict[Labels, list[float]] = {}
+        for values, series in self._histogram.snapshot():
+            total = merged.setdefault(values[:2], [0.0] * len(series))
+            for i, n in enumerate(series):
+                total[i] += n
+        return _histogram_samples(self.label_names, self._histogram.bounds, sorted(merged.items()))
 
 
 class Registry:

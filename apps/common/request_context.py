@@ -17,17 +17,7 @@ _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 # Names the replica (container hostname) that answered, in the X-Served-By response header.
 SERVED_BY = socket.gethostname()
 access_log = logging.getLogger("access")
-http_requests = metrics.REGISTRY.counter(
-    "http_requests",
-    "HTTP requests answered, by method, route template and status class.",
-    ("method", "route", "status"),
-)
-http_duration = metrics.REGISTRY.histogram(
-    "http_request_duration_seconds",
-    "Time to answer an HTTP request, by method and route template.",
-    ("method", "route"),
-)
-http_in_flight = metrics.REGISTRY.gauge("http_requests_in_flight", "HTTP requests being answered now.")
+requests = metrics.RequestMetrics(metrics.REGISTRY)
 
 
 def valid_request_id(value: str | None) -> str:
@@ -51,9 +41,7 @@ class RequestContext:
         # Every route's series from 0: an error ratio or rate() sees the first error, not a series born at 1.
         for route in getattr(app, "routes", ()):
             for status in ("2xx", "4xx", "5xx"):
-                http_requests.inc(
-                    metrics.method_label(route.method), metrics.route_template(route.rule), status, amount=0
-                )
+                requests.touch(metrics.method_label(route.method), metrics.route_template(route.rule), status)
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
         started = time.monotonic()
@@ -63,7 +51,6 @@ class RequestContext:
         if len(path) > 1 and path.endswith("/"):
             environ["PATH_INFO"] = path[:-1]
         token = logs.request_id.set(rid)
-        http_in_flight.inc()
         status = ["500"]
         chunks: list[bytes] = []
 
@@ -90,12 +77,10 @@ class RequestContext:
             return chunks
         finally:
             elapsed = time.monotonic() - started
-            http_in_flight.dec()
             route = environ.get("bottle.route")  # set by Bottle when a route matched
             method = metrics.method_label(environ.get("REQUEST_METHOD", "-"))
             template = metrics.route_template(route.rule if route is not None else None)
-            http_requests.inc(method, template, metrics.status_class(status[0]))
-            http_duration.observe(elapsed, method, template)
+            requests.observe(method, template, metrics.status_class(status[0]), elapsed)
             access_log.info(
                 "%s %s %s %s %s %d %.1fms",
                 rid,

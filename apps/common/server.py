@@ -50,6 +50,18 @@ LINGER_SECONDS = 2.0
 CHECK_INTERVAL = 1
 # Descriptors beyond the connections: listening socket, trigger pipe, logs, upstream and broker connections.
 SPARE_DESCRIPTORS = 256
+# The serving server's task dispatcher, read by the in-flight and queued gauges at each scrape.
+_dispatchers: list[Any] = []
+metrics.REGISTRY.gauge(
+    "http_requests_in_flight",
+    "Worker threads answering a request now.",
+    source=lambda: [((), d.active_count) for d in _dispatchers],
+)
+metrics.REGISTRY.gauge(
+    "http_requests_queued",
+    "Requests received and waiting for a free worker thread.",
+    source=lambda: [((), len(d.queue)) for d in _dispatchers],
+)
 connections_open = metrics.REGISTRY.gauge(
     "http_connections_open", "Client connections open and counted against the bounds (loopback excluded)."
 )
@@ -311,6 +323,7 @@ def serve(
         **options,
     )
     server = Server(RequestContext(app), limits, adj)
+    _dispatchers[:] = [server.task_dispatcher]
     # waitress warns "Task queue depth is N" for every request that waits for a free thread: under
     # load, one line per request, which made the overload worse. One line per 10 s keeps the signal.
     server.task_dispatcher.queue_logger = logs.AtMostEvery(logging.getLogger("waitress.queue"), 10.0)
