@@ -728,6 +728,8 @@ def test_a_hung_inventory_app_does_not_stall_orders_health_or_the_other_upstream
             gets = [pool.submit(timed, stack.http, "GET", f"/api/movies/{movie['id']}") for _ in range(20)]
             # Once the hung upstream's share of threads is taken, the rest of the GETs are refused quickly.
             wait_for(lambda: any(g.done() for g in gets), 10, interval=0.1, what="a GET to be refused")
+            # The bulkhead's six requests hold their worker threads, waiting for the hung upstream.
+            assert scrape(stack, "api-gateway-app").value("http_requests_in_flight") >= 6
             order, order_took = timed(
                 stack.http, "POST", "/api/billing", {"user_id": 7, "number_of_items": 1, "total_amount": "1"}
             )
