@@ -51,9 +51,8 @@ class TreeStack(Stack):
         )  # fmt: skip
 
     def containers(self) -> list[str]:
-        return [self.container(s) for s in SERVICES] + [
-            self.container(p) for p in ("prometheus",) if p in self.profiles
-        ]
+        monitoring = [self.container("prometheus")] if "monitoring" in self.profiles else []
+        return [self.container(s) for s in SERVICES] + monitoring
 
 
 def export_tree(revision: str, into: Path) -> Path:
