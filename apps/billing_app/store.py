@@ -43,11 +43,10 @@ _LIST_BY_USER = (
 
 
 def list_orders(pool: Pool, user_id: int | None, limit: int | None, offset: int) -> list[dict[str, Any]]:
-    with pool.transaction() as conn:
-        if user_id is None:
-            rows = conn.run(_LIST, limit=limit, offset=offset)
-        else:
-            rows = conn.run(_LIST_BY_USER, user_id=user_id, limit=limit, offset=offset)
+    if user_id is None:
+        rows = pool.query(_LIST, limit=limit, offset=offset)
+    else:
+        rows = pool.query(_LIST_BY_USER, user_id=user_id, limit=limit, offset=offset)
     return [
         {
             "id": r[0],

@@ -4,11 +4,18 @@ Broken connections are detected (network errors, server shutdown) and replaced; 
 database is unreachable or refuses to log the app in, callers get :class:`DatabaseUnavailable`
 quickly instead of hanging. Any other error the server reports is pg8000's ``DatabaseError``;
 :func:`is_data_error` tells the errors caused by the data of a statement from the others.
+
+Each connection prepares a statement with parameters the first time it runs it (a named, server-side
+prepared statement) and from then on sends only its parameters: PostgreSQL neither parses nor, once
+it settles on a generic plan, plans it again, and pg8000 neither converts its ``:name`` placeholders
+nor waits three times per statement (see :class:`Connection`). A statement whose best plan depends
+on its values is marked :class:`CustomPlan` and is planned with them at every run.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import socket
 import threading
 import weakref
@@ -18,6 +25,8 @@ from dataclasses import dataclass
 from typing import Any, NoReturn
 
 import pg8000.native
+from pg8000.converters import make_params
+from pg8000.core import BIND, DESCRIBE, EXECUTE_MSG, IDLE, NULL_BYTE, PARSE, PORTAL, SYNC_MSG, Context, H_pack, i_pack
 from pg8000.exceptions import DatabaseError, InterfaceError
 
 from common import metrics
@@ -34,6 +43,11 @@ _STATEMENT_TIMEOUT = "57014"
 # the same data fails again; every other error (permissions, missing table, read-only, login,
 # serialization, timeouts, disk full...) is about the database, and may be gone on the next try.
 _DATA_CLASSES = ("22", "23")
+# A prepared statement the server no longer runs as prepared: 26000 (invalid_sql_statement_name: it does
+# not exist, e.g. after DEALLOCATE ALL) and 0A000 (feature_not_supported) "cached plan must not change
+# result type", raised when DDL changed the type of a column it returns (e.g. ALTER COLUMN ... TYPE).
+_STATEMENT_GONE = "26000"
+_STALE_RESULT_TYPE = ("0A000", "cached plan must not change result type")
 
 
 class DatabaseUnavailable(Exception):
@@ -69,12 +83,144 @@ def is_data_error(exc: BaseException) -> bool:
     return isinstance(exc, DatabaseError) and sqlstate(exc).startswith(_DATA_CLASSES)
 
 
+def _stale_statement(exc: BaseException) -> bool:
+    """The server refused to run a prepared statement as it was prepared (it is gone, or DDL changed
+    the type of what it returns); the statement did nothing, and preparing it again fixes it."""
+    if not isinstance(exc, DatabaseError):
+        return False
+    state = sqlstate(exc)
+    return state == _STATEMENT_GONE or (
+        state == _STALE_RESULT_TYPE[0] and _fields(exc).get("M") == _STALE_RESULT_TYPE[1]
+    )
+
+
 def _connection_lost(exc: BaseException) -> bool:
     """The connection cannot be used any more: a network error, or the server says so."""
     if isinstance(exc, DatabaseError):
         state = sqlstate(exc)
         return state.startswith(_UNAVAILABLE_CLASSES) and state != _STATEMENT_TIMEOUT
     return isinstance(exc, (InterfaceError, OSError))
+
+
+class CustomPlan(str):
+    """SQL text whose statement is planned with its parameter values at every run (an unnamed
+    statement, parsed each time too) instead of being prepared once: for a statement whose best plan
+    depends on the values, where a prepared statement could settle on a generic plan that is bad for
+    some of them (PostgreSQL may switch to one after five runs, plan_cache_mode = auto)."""
+
+    __slots__ = ()
+
+
+# pg8000 converts the ``:name`` placeholders of a statement character by character in Python at every
+# call; the result depends on the SQL text alone.
+_to_statement = functools.lru_cache(maxsize=256)(pg8000.native.to_statement)
+# Enough for every statement of the apps; beyond it, statements run unprepared rather than keep growing
+# the server's memory of a connection whose caller builds SQL text on the fly.
+MAX_PREPARED = 64
+
+
+def _message(code: bytes, data: bytes | bytearray) -> bytes:
+    """A message of PostgreSQL's protocol: its type, its length, its content."""
+    return code + i_pack(len(data) + 4) + data
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    name: bytes  # pg8000's name of the statement on the server (pg8000_statement_N, NUL-terminated)
+    statement: str  # the SQL with $n placeholders
+    make_vals: Callable[[dict[str, Any]], tuple[Any, ...]]  # keyword parameters -> $n values
+    columns: list[dict[str, Any]] | None  # the result's columns (None: no result rows)
+    input_funcs: list[Callable[[str], Any]]  # their text -> Python converters
+
+
+class Connection(pg8000.native.Connection):
+    """A pg8000 connection whose statements with parameters are prepared on the server once, keyed
+    by their SQL text, and then run with Bind/Execute/Sync only: one round trip per statement, where
+    pg8000's unnamed statements take three (Parse/Sync, Describe/Sync, Bind/Execute/Sync) and are
+    parsed and planned by the server each time. The prepared statements live and die with the
+    connection: a new connection (the server restarted, the connection was lost, the password
+    rotated) prepares them again.
+
+    Statements without parameters (BEGIN, COMMIT, DELETE FROM movies...) keep the simple query
+    protocol (one round trip, nothing to prepare); :class:`CustomPlan` statements (and any beyond
+    MAX_PREPARED) run as unnamed statements, in one round trip too.
+    A prepared statement the server refuses to run as prepared (see :func:`_stale_statement`) is
+    forgotten; outside a transaction block it is prepared again and run once more at once, inside one
+    the error is raised (the transaction is aborted) and the next run prepares it again."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.prepared: dict[str, _Prepared] = {}
+
+    def run(self, sql: str, stream: Any = None, types: Any = None, **params: Any) -> Any:
+        if not params or stream is not None or types is not None:
+            return super().run(sql, stream=stream, types=types, **params)
+        prepared = self.prepared.get(sql)
+        if prepared is None:
+            if isinstance(sql, CustomPlan) or len(self.prepared) >= MAX_PREPARED:
+                return self._run_unnamed(sql, params)
+            prepared = self._prepare(sql)
+        try:
+            return self._execute(prepared, params)
+        except DatabaseError as exc:
+            if not _stale_statement(exc):
+                raise
+            del self.prepared[sql]
+            self.close_prepared_statement(prepared.name)  # Close/Sync: no error if it is already gone
+            if self._transaction_status != IDLE:
+                raise
+        return self._execute(self._prepare(sql), params)
+
+    def _run_unnamed(self, sql: str, params: dict[str, Any]) -> Any:
+        """The unnamed statement, parsed and planned with these values: Parse/Bind/Describe/Execute/
+        Sync in one write, one round trip (pg8000's ``run`` waits after Parse and after Describe).
+        The messages are all built before the first byte is written, so a value that cannot be
+        encoded leaves nothing half-sent."""
+        statement, make_vals = _to_statement(sql)
+        encoding = self._client_encoding
+        values = make_params(self.py_types, make_vals(params))
+        # Bind: unnamed portal and statement; every parameter and result column in text format.
+        bind = bytearray(NULL_BYTE + NULL_BYTE + H_pack(0) + H_pack(len(values)))
+        for value in values:
+            if value is None:
+                bind += i_pack(-1)
+            else:
+                data = value.encode(encoding)
+                bind += i_pack(len(data)) + data
+        bind += H_pack(0)
+        messages = b"".join(
+            (
+                _message(PARSE, NULL_BYTE + statement.encode(encoding) + NULL_BYTE + H_pack(0)),  # no types given
+                _message(BIND, bind),
+                _message(DESCRIBE, PORTAL + NULL_BYTE),  # the result's columns, to decode its rows
+                EXECUTE_MSG,
+                SYNC_MSG,
+            )
+        )
+        if self._sock is None:
+            raise InterfaceError("connection is closed")
+        try:
+            self._sock.write(messages)
+            self._sock.flush()
+        except OSError as exc:
+            raise InterfaceError("network error") from exc
+        context = Context(statement)
+        self.handle_messages(context)
+        self._context = context
+        return context.rows
+
+    def _prepare(self, sql: str) -> _Prepared:
+        statement, make_vals = _to_statement(sql)
+        name, columns, input_funcs = self.prepare_statement(statement, ())  # Parse/Describe/Sync
+        prepared = self.prepared[sql] = _Prepared(name, statement, make_vals, columns, input_funcs)
+        return prepared
+
+    def _execute(self, prepared: _Prepared, params: dict[str, Any]) -> Any:
+        values = make_params(self.py_types, prepared.make_vals(params))
+        self._context = self.execute_named(
+            prepared.name, values, prepared.columns, prepared.input_funcs, prepared.statement
+        )
+        return self._context.rows
 
 
 @dataclass(frozen=True)
@@ -133,7 +279,7 @@ class Pool:
     def __init__(self, settings: DbSettings, size: int, application_name: str) -> None:
         self._settings = settings
         self._slots = threading.BoundedSemaphore(size)
-        self._idle: list[pg8000.native.Connection] = []
+        self._idle: list[Connection] = []
         self._lock = threading.Lock()
         self.name = application_name  # also the pool's label in the metrics
         # For the metrics (read without the lock: a scrape may see a value one step old).
@@ -143,14 +289,14 @@ class Pool:
             pool_failures.inc(self.name, reason, amount=0)
         _POOLS.add(self)
 
-    def _connect(self) -> pg8000.native.Connection:
+    def _connect(self) -> Connection:
         try:
             return self._open()
         except DatabaseUnavailable:
             pool_failures.inc(self.name, "connect")
             raise
 
-    def _open(self) -> pg8000.native.Connection:
+    def _open(self) -> Connection:
         s = self._settings
         sock: socket.socket | None = None
         error: OSError | None = None
@@ -172,7 +318,7 @@ class Pool:
         # Queries get the server-side statement timeout plus a margin before the socket gives up.
         sock.settimeout(s.statement_timeout_ms / 1000 + 5)
         try:
-            return pg8000.native.Connection(
+            return Connection(
                 s.user,
                 database=s.name,
                 password=s.password,
@@ -189,35 +335,37 @@ class Pool:
             sock.close()
             raise DatabaseUnavailable(f"cannot log in to {s.host}:{s.port} as {s.user}: {describe(exc)}") from None
 
-    def _take(self) -> tuple[pg8000.native.Connection, bool]:
+    def _take(self) -> tuple[Connection, bool]:
         with self._lock:
             if self._idle:
                 return self._idle.pop(), True
         return self._connect(), False
 
-    def _give_back(self, conn: pg8000.native.Connection) -> None:
+    def _give_back(self, conn: Connection) -> None:
         with self._lock:
             self._idle.append(conn)
 
     @staticmethod
-    def _discard(conn: pg8000.native.Connection) -> None:
+    def _discard(conn: Connection) -> None:
         with contextlib.suppress(Exception):  # the connection is already broken
             conn.close()
 
-    def _fail(
-        self, conn: pg8000.native.Connection, exc: BaseException, keep: Callable[[pg8000.native.Connection], None]
-    ) -> NoReturn:
+    def _fail(self, conn: Connection, exc: BaseException, keep: Callable[[Connection], None]) -> NoReturn:
         """Re-raise ``exc``, raised while ``conn`` was in use, once the connection's fate is settled.
         An error the server reported leaves the protocol in step: ``keep`` it (give it back, or roll
-        back first); a statement timeout then becomes StatementTimeout. A lost connection is closed
-        and becomes DatabaseUnavailable. Anything else (e.g. a parameter pg8000 could not encode after
-        the query was sent) leaves the protocol state unknown: the connection is closed (the server
-        rolls back) rather than handed to the next caller."""
+        back first); a statement timeout then becomes StatementTimeout, and a prepared statement
+        that DDL made stale inside a transaction DatabaseUnavailable (the transaction did nothing;
+        the same call succeeds now that the statement is prepared again). A lost connection is closed
+        and becomes DatabaseUnavailable. Anything else (e.g. an exception inside pg8000 between
+        sending a statement and reading all of its answer) leaves the protocol state unknown: the
+        connection is closed (the server rolls back) rather than handed to the next caller."""
         if isinstance(exc, DatabaseError) and not _connection_lost(exc):
             keep(conn)
             if sqlstate(exc) == _STATEMENT_TIMEOUT:
                 pool_failures.inc(self.name, "timeout")
                 raise StatementTimeout(describe(exc)) from None
+            if _stale_statement(exc):
+                raise DatabaseUnavailable(describe(exc)) from None
             raise exc
         self._discard(conn)
         if _connection_lost(exc):
@@ -225,7 +373,7 @@ class Pool:
             raise DatabaseUnavailable(describe(exc)) from None
         raise exc
 
-    def _run_first(self, sql: str, **params: Any) -> tuple[pg8000.native.Connection, list[Any]]:
+    def _run_first(self, sql: str, **params: Any) -> tuple[Connection, list[Any]]:
         """A connection and the result of its first statement. A reused connection that turns out
         dead (e.g. the server restarted) is replaced once: the statement did not reach the server.
         A statement that timed out is not a lost connection, so it is never run a second time
@@ -261,7 +409,8 @@ class Pool:
 
     def query(self, sql: str, **params: Any) -> list[Any]:
         """Rows of one read-only statement, run outside any explicit transaction (the server
-        wraps it in its own): one round trip instead of three for BEGIN, the query and COMMIT."""
+        wraps it in its own): no BEGIN and COMMIT, and a prepared statement is then one round trip
+        in all (Bind/Execute/Sync; once per connection one more to prepare it)."""
         self._acquire_slot()
         try:
             conn, rows = self._run_first(sql, **params)
@@ -271,7 +420,7 @@ class Pool:
             self._release_slot()
 
     @contextmanager
-    def transaction(self) -> Iterator[pg8000.native.Connection]:
+    def transaction(self) -> Iterator[Connection]:
         """``with pool.transaction() as conn: conn.run(...)`` - committed on success,
         rolled back on error; connection-level failures surface as DatabaseUnavailable."""
         self._acquire_slot()
@@ -287,7 +436,7 @@ class Pool:
         finally:
             self._release_slot()
 
-    def _rollback(self, conn: pg8000.native.Connection) -> None:
+    def _rollback(self, conn: Connection) -> None:
         try:
             conn.run("ROLLBACK")
         except Exception:  # noqa: BLE001 - a connection that cannot roll back is dropped

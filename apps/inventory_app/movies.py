@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from common.db import Pool
+from common.db import CustomPlan, Pool
 from common.jsonapi import ApiError, reject_unknown_fields
 from common.numbers import INT_MAX, parse_int
 
@@ -73,7 +73,12 @@ def escape_like(text: str) -> str:
 
 
 _LIST = "SELECT id, title, description FROM movies ORDER BY id LIMIT :limit OFFSET :offset"
-_LIST_BY_TITLE = (
+# Planned with its values at every run, not prepared: the best plan depends on the pattern (the
+# trigram index for a rare one, the primary key in id order with a filter for a common one). Prepared,
+# PostgreSQL settles on a generic plan after five moderately selective searches (it estimates the same
+# rows for every pattern) and keeps it: the trigram index always, so `?title=movie` on 10k movies then
+# reads every row, 6.8 ms instead of 0.1 ms.
+_LIST_BY_TITLE = CustomPlan(
     "SELECT id, title, description FROM movies WHERE title ILIKE '%' || :pattern || '%' "
     "ORDER BY id LIMIT :limit OFFSET :offset"
 )

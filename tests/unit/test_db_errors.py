@@ -38,6 +38,8 @@ OUTAGES = {
     "53300": "too many connections for role",
     "08006": "connection failure",
     "XX000": "internal error",
+    "26000": 'prepared statement "pg8000_statement_0" does not exist',
+    "0A000": "cached plan must not change result type",
 }
 
 
@@ -104,6 +106,20 @@ def test_other_server_errors_keep_the_connection_and_are_raised_as_they_are(code
     raised, kept, closed = settle(error)
     assert raised is error
     assert kept and not closed
+
+
+@pytest.mark.parametrize("code", ["26000", "0A000"])
+def test_a_stale_prepared_statement_keeps_the_connection_and_the_database_is_unavailable_for_now(code: str) -> None:
+    """Inside a transaction: the statement did nothing and is prepared again on the next call."""
+    raised, kept, closed = settle(server_error(code, OUTAGES[code]))
+    assert type(raised) is DatabaseUnavailable and f"SQLSTATE {code}" in str(raised)
+    assert kept and not closed
+
+
+def test_a_feature_the_server_does_not_support_is_not_a_stale_statement() -> None:
+    error = server_error("0A000", "FOR UPDATE is not allowed with aggregate functions")
+    raised, kept, _ = settle(error)
+    assert raised is error and kept
 
 
 @pytest.mark.parametrize(
