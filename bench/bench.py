@@ -34,6 +34,14 @@ RESULTS = Path(__file__).resolve().parent / "results"
 CORES = os.cpu_count() or 1
 
 
+def save_results(result: dict[str, Any], suffix: str = "") -> Path:
+    """Writes a run's figures to bench/results/<date><suffix>.json and returns the path."""
+    RESULTS.mkdir(exist_ok=True)
+    out = RESULTS / f"{dt.date.today().isoformat()}{suffix}.json"
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    return out
+
+
 def log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
 
@@ -488,9 +496,7 @@ def main() -> None:
         if not options.keep:
             stack.compose("down", "--volumes", "--remove-orphans", "--timeout", "30", check=False)
 
-    RESULTS.mkdir(exist_ok=True)
-    out = RESULTS / f"{dt.date.today().isoformat()}.json"
-    out.write_text(json.dumps(results, indent=2) + "\n")
+    out = save_results(results)
     print(table(results))
     print(f"\nresults written to {out.relative_to(Path.cwd()) if out.is_relative_to(Path.cwd()) else out}")
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime as dt
-import json
 import shutil
 import statistics
 import subprocess
@@ -27,7 +26,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench import CORES, RESULTS, Wrk, cpu_ns, ip_of, log
+from bench import CORES, Wrk, cpu_ns, ip_of, log, save_results
 
 from stack import ROOT, SERVICES, Stack, make_env_file, run, wait_for
 
@@ -172,6 +171,14 @@ def table(result: dict[str, Any]) -> str:
     return "\n".join(rows)
 
 
+def build_all(stacks: dict[str, Any]) -> None:
+    """Each side's stack removed with its volumes (a left-over of an interrupted run) and its images built."""
+    for side, stack in stacks.items():
+        stack.compose("down", "--volumes", "--remove-orphans", check=False)
+        log(f"building {side}")
+        stack.compose("build")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--before", required=True, help="git revision to compare this tree with")
@@ -198,10 +205,7 @@ def main() -> None:
         "monitoring": options.monitoring,
     }
     try:
-        for side, stack in stacks.items():
-            stack.compose("down", "--volumes", "--remove-orphans", check=False)
-            log(f"building {side}")
-            stack.compose("build")
+        build_all(stacks)
         for n in range(options.rounds):
             for side, stack in stacks.items():
                 log(f"round {n + 1}: {side}")
@@ -219,9 +223,7 @@ def main() -> None:
         shutil.rmtree(before_root, ignore_errors=True)
     for side in stacks:
         result[side]["http"] = summary(rounds[side])
-    RESULTS.mkdir(exist_ok=True)
-    out = RESULTS / f"{dt.date.today().isoformat()}-compare.json"
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    out = save_results(result, "-compare")
     print(table(result))
     print(f"\nresults written to {out}")
 

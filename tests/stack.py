@@ -4,6 +4,7 @@ helpers to talk to it the way a user or an operator would."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import itertools
 import json
 import os
@@ -15,6 +16,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -347,3 +349,21 @@ def wait_for(predicate: Any, timeout: float, interval: float = 0.5, what: str = 
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         time.sleep(interval)
+
+
+@contextlib.contextmanager
+def movies_locked(stack: Stack, seconds: int) -> Iterator[None]:
+    """An operator's transaction holding inventory-db's movies table (ACCESS EXCLUSIVE) for ``seconds``,
+    longer than the apps' statement timeout (5 s); entered once the lock is granted, left once it ended."""
+    db = stack.env["INVENTORY_DB_NAME"]
+    holder = subprocess.Popen(
+        ["docker", "exec", "-u", "postgres", stack.container("inventory-db"), "psql", "-X", "-q", "-d", db, "-c",
+         f"BEGIN; LOCK TABLE movies IN ACCESS EXCLUSIVE MODE; SELECT pg_sleep({seconds}); COMMIT;"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        locked = "SELECT count(*) FROM pg_locks WHERE relation = 'movies'::regclass AND granted"
+        wait_for(lambda: stack.psql("inventory-db", locked) != "0", 20, what="the lock to be held")
+        yield
+    finally:
+        holder.wait(30)

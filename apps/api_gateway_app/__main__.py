@@ -31,7 +31,7 @@ def main() -> None:
         billing = Upstream("billing-app", billing_url, connect_timeout, read_timeout, max_in_flight)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
-    logs.setup(log_level, log_dir, log_max_bytes, log_backups)
+    logs.setup(log_level, log_dir, log_max_bytes, log_backups, http.worker)
 
     publisher = Publisher(broker, confirm_timeout)
     publisher.start()

@@ -56,6 +56,8 @@ _IDEMPOTENT = frozenset(("GET", "HEAD", "PUT", "DELETE", "OPTIONS"))
 _MAX_IDLE = 20.0  # seconds; upstream waitress closes idle connections after 60 s
 _MAX_AGE = 30.0  # seconds; then a new connection, possibly to another replica
 _RESOLVE_EVERY = 5.0  # seconds
+# Connection attempts per request: each refused address is skipped by the next (replicas stopping).
+_CONNECT_TRIES = 3
 _MAX_HEAD = 64 * 1024  # bytes of status line and headers
 # A full bulkhead whose upstream finished no request for this long is stalled: refuse at once.
 # (Under load, a request to a healthy upstream finishes every few milliseconds.)
@@ -94,21 +96,28 @@ class UpstreamBusy(UpstreamError):
 class Bulkhead:
     """At most ``size`` requests in flight to one upstream. One more waits for a slot while the
     upstream keeps finishing requests, and is refused as soon as it has finished none for
-    STALLED_AFTER seconds with every slot taken (e.g. a paused container)."""
+    STALLED_AFTER seconds with every slot taken (e.g. a paused container). While slots are free,
+    taking and giving one back is a counter under a lock; the condition is used only with waiters."""
 
     def __init__(self, size: int) -> None:
         self.size = size
         self._in_flight = 0
+        self._waiting = 0
         self._progress = time.monotonic()  # when a slot was last taken or given back
-        self._changed = threading.Condition()
+        self._changed = threading.Condition(threading.Lock())
 
     def acquire(self) -> bool:
         with self._changed:
-            while self._in_flight >= self.size:
-                remaining = self._progress + STALLED_AFTER - time.monotonic()
-                if remaining <= 0:
-                    return False
-                self._changed.wait(remaining)
+            if self._in_flight >= self.size:
+                self._waiting += 1
+                try:
+                    while self._in_flight >= self.size:
+                        remaining = self._progress + STALLED_AFTER - time.monotonic()
+                        if remaining <= 0:
+                            return False
+                        self._changed.wait(remaining)
+                finally:
+                    self._waiting -= 1
             self._in_flight += 1
             self._progress = time.monotonic()
             return True
@@ -117,7 +126,8 @@ class Bulkhead:
         with self._changed:
             self._in_flight -= 1
             self._progress = time.monotonic()
-            self._changed.notify()
+            if self._waiting:
+                self._changed.notify()
 
 
 @dataclass(frozen=True)
@@ -152,6 +162,8 @@ class _Connection:
         self.sock = sock
         self.buffer = bytearray()
         self.opened = self.used = time.monotonic()
+        self.timeout: float | None = None  # the socket's, set only when it changes (a system call each time)
+        self.received = False  # any byte of an answer to the request in progress
 
     def close(self) -> None:
         self.sock.close()
@@ -160,6 +172,7 @@ class _Connection:
         data = self.sock.recv(65536)
         if not data:
             raise ConnectionResetError("the upstream closed the connection")
+        self.received = True
         self.buffer += data
 
     def _take(self, size: int) -> bytes:
@@ -179,6 +192,7 @@ class _Connection:
 
     def exchange(self, method: str, target: str, headers: dict[str, str], body: bytes) -> tuple[UpstreamResponse, bool]:
         """Send one request, read its response: (response, whether the connection must be closed)."""
+        self.received = False
         head = [f"{method} {target} HTTP/1.1"]
         head += [f"{name}: {value}" for name, value in headers.items()]
         if body or method in ("POST", "PUT", "PATCH"):
@@ -325,7 +339,9 @@ class Upstream:
         self, method: str, target: str, headers: dict[str, str], body: bytes, read_timeout: float
     ) -> UpstreamResponse:
         unavailable = f"{self.name} is unreachable"
-        for attempt in (1, 2):
+        connects = 0
+        resent = False
+        while True:
             conn = self._reusable_connection()
             if conn is not None and method not in _IDEMPOTENT:
                 # A request that must not be sent twice never goes on a kept-alive connection: the upstream
@@ -334,14 +350,14 @@ class Upstream:
                 # handshake; only POST and PATCH take it, and a refused connect is retried safely.
                 self._drop(conn)
                 conn = None
-            reused = conn is not None
             if conn is None:
                 try:
                     conn = self._fresh_connection()
                 except ResolveError as exc:
                     raise UpstreamUnavailable(unavailable, str(exc)) from None
                 except OSError as exc:
-                    if attempt == 1:  # nothing was sent: try once more, elsewhere if there is elsewhere
+                    connects += 1
+                    if connects < _CONNECT_TRIES:  # nothing was sent; that address is skipped from now on
                         continue
                     if isinstance(exc, TimeoutError):
                         detail = f"no connection within {self.connect_timeout:g}s"
@@ -349,12 +365,17 @@ class Upstream:
                     raise UpstreamUnavailable(unavailable, f"{exc.__class__.__name__}: {exc}") from None
                 self._local.conn = conn
             try:
-                conn.sock.settimeout(read_timeout)
+                if conn.timeout != read_timeout:
+                    conn.sock.settimeout(read_timeout)
+                    conn.timeout = read_timeout
                 answer, close = conn.exchange(method, target, headers, body)
             except (ConnectionResetError, BrokenPipeError) as exc:
                 self._drop(conn)
-                # A kept-alive connection closed under us: the request was not processed, retry once.
-                if reused and attempt == 1 and method in _IDEMPOTENT:
+                # Closed before any byte of an answer: a kept-alive connection closed as idle as the request
+                # left, or a stopping replica's listener closed with this connection not yet accepted. An
+                # idempotent request may be sent again (once); the new connection skips a refusing replica.
+                if not resent and not conn.received and method in _IDEMPOTENT:
+                    resent = True
                     continue
                 raise UpstreamUnavailable(unavailable, f"connection closed ({exc})") from None
             except TimeoutError:
@@ -369,7 +390,6 @@ class Upstream:
             if close:
                 self._drop(conn)
             return answer
-        raise AssertionError("unreachable")
 
     def _drop(self, conn: _Connection) -> None:
         conn.close()

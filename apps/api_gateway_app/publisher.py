@@ -29,7 +29,7 @@ import pika.frame
 from pika.spec import Basic
 
 from common import metrics
-from common.amqp import BrokerSettings
+from common.amqp import REFUSED_RETRY_SECONDS, BrokerSettings, connection_refused
 from common.backoff import Backoff
 from common.orders import Message
 
@@ -99,6 +99,7 @@ class Publisher:
         self._pending: dict[int, tuple[str, Future[None]]] = {}
         self._returned: set[str] = set()
         self._last_tag = 0
+        self._refused = False  # the last connection attempt was refused (nothing listening)
         self._thread = threading.Thread(target=self._run, name="amqp-publisher", daemon=True)
 
     # --- called from web threads ---------------------------------------------------------------
@@ -159,7 +160,9 @@ class Publisher:
 
     def _run(self) -> None:
         backoff = Backoff(0.5, 5.0)
+        refused_before = False
         while not self._stopping.is_set():
+            self._refused = False
             connection = pika.SelectConnection(
                 self._settings.parameters("api-gateway-app publisher"),
                 on_open_callback=self._on_connection_open,
@@ -180,6 +183,16 @@ class Publisher:
             connection.ioloop.close()
             if self._stopping.is_set():
                 break
+            if self._refused:
+                # Said once, not every second, while the broker's port stays closed.
+                if not refused_before:
+                    log.warning(
+                        "the broker refuses connections (starting?); retrying every %.0fs", REFUSED_RETRY_SECONDS
+                    )
+                refused_before = True
+                self._stopping.wait(REFUSED_RETRY_SECONDS)
+                continue
+            refused_before = False
             delay = backoff.after_connection(started)
             log.warning("broker connection down; reconnecting in %.1fs", delay)
             self._stopping.wait(delay)
@@ -204,7 +217,9 @@ class Publisher:
         log.info("the broker accepts publishing again")
 
     def _on_connection_open_error(self, connection: pika.SelectConnection, error: BaseException) -> None:
-        log.warning("cannot connect to the broker: %r", error)
+        self._refused = connection_refused(error)
+        if not self._refused:
+            log.warning("cannot connect to the broker: %r", error)
         connection.ioloop.stop()
 
     def _on_connection_closed(self, connection: pika.SelectConnection, reason: BaseException) -> None:

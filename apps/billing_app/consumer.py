@@ -35,7 +35,7 @@ from pg8000.exceptions import DatabaseError
 
 from billing_app.store import insert_orders
 from common import metrics
-from common.amqp import BrokerSettings
+from common.amqp import REFUSED_RETRY_SECONDS, BrokerSettings, connection_refused
 from common.backoff import Backoff
 from common.db import DatabaseUnavailable, Pool, describe, is_data_error
 from common.orders import InvalidOrder, Message, Order, read_order
@@ -129,19 +129,33 @@ class Consumer:
 
     def run(self) -> None:
         backoff = Backoff(0.5, 10.0)
+        refused_before = False
         while not self.stopping.is_set():
             started = time.monotonic()
+            refused = False
             try:
                 self._consume()
             except _Abandon:
                 pass
             except pika.exceptions.AMQPError as exc:
-                log.warning("consuming interrupted: %r", exc)
+                refused = connection_refused(exc)
+                if not refused:
+                    log.warning("consuming interrupted: %r", exc)
             self._set_connected(False)
             self._batch.clear()  # unacknowledged: the broker redelivers them (a write may still commit:
             # the redelivered copies are then found already stored)
             if self.stopping.is_set():
                 break
+            if refused:
+                # Said once, not every second, while the broker's port stays closed.
+                if not refused_before:
+                    log.warning(
+                        "the broker refuses connections (starting?); retrying every %.0fs", REFUSED_RETRY_SECONDS
+                    )
+                refused_before = True
+                self.stopping.wait(REFUSED_RETRY_SECONDS)
+                continue
+            refused_before = False
             delay = backoff.after_connection(started)
             log.info("reconnecting to the broker in %.1fs", delay)
             self.stopping.wait(delay)

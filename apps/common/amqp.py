@@ -12,6 +12,30 @@ import pika
 
 from common.config import Env
 
+# While nothing listens on the broker's port (its container is starting, or restarting), a connection is
+# refused at once and costs the broker nothing: the apps try again after this many seconds instead of
+# backing off, so that they are connected about a second after the broker opens its port. Any other failure
+# (a broker that answers but refuses the login, times out...) still backs off (common/backoff.py).
+REFUSED_RETRY_SECONDS = 1.0
+
+
+def connection_refused(error: BaseException) -> bool:
+    """Whether pika's connection error comes from a refused TCP connection (nothing listening), however
+    pika wraps it (AMQPConnectionError, its connection workflow's errors, their causes)."""
+    pending: list[object] = [error]
+    seen: set[int] = set()
+    while pending:
+        current = pending.pop()
+        if not isinstance(current, BaseException) or id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, ConnectionRefusedError):
+            return True
+        pending.extend(current.args)
+        pending.extend(getattr(current, "exceptions", None) or ())
+        pending.extend((getattr(current, "exception", None), current.__cause__, current.__context__))
+    return False
+
 
 @dataclass(frozen=True)
 class BrokerSettings:

@@ -11,10 +11,13 @@ from typing import Any
 
 from common import logs, metrics, server
 from common.config import ConfigError, Env
+from common.workers import MAX_WORKERS
 
 DEFAULT_MAX_BODY_BYTES = 64 * 1024
 # Every app serves /metrics here, on the backend network only (compose never publishes it).
 DEFAULT_METRICS_PORT = 9100
+# Where workers other than 0 serve their metrics to worker 0 (the container's private /tmp).
+WORKER_SOCKET_DIR = "/tmp"  # noqa: S108 - a directory of this container only
 
 
 @dataclass(frozen=True)
@@ -24,6 +27,8 @@ class HttpSettings:
     max_body_bytes: int
     limits: server.Limits
     metrics_port: int  # 0: no metrics listener
+    workers: int = 1  # processes serving the port (HTTP_WORKERS, set by common.workers before supervisord starts)
+    worker: int = 0  # this process's number among them (supervisor's process_num)
 
     @classmethod
     def from_env(cls, env: Env, default_port: int = 8080) -> HttpSettings:
@@ -35,7 +40,10 @@ class HttpSettings:
             request_timeout=env.int("REQUEST_TIMEOUT", default.request_timeout, 1, 3600),
             idle_timeout=env.int("IDLE_TIMEOUT", default.idle_timeout, 1, 3600),
         )
+        workers = env.int("HTTP_WORKERS", 1, 1, MAX_WORKERS)
         return cls(
+            workers=workers,
+            worker=env.int("HTTP_WORKER", 0, 0, workers - 1),
             port=env.int("HTTP_PORT", default_port, 1, 65535),
             threads=env.int("HTTP_THREADS", 8, 1, 256),
             max_body_bytes=env.int("MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES, 1024, 16 * 1024 * 1024),
@@ -54,8 +62,12 @@ def serve_http(app: Any, http: HttpSettings, behind_gateway: bool = False) -> No
             "trusted_proxy_count": 1,
             "trusted_proxy_headers": {"x-forwarded-for", "x-forwarded-proto", "x-forwarded-host"},
         }
-    if http.metrics_port:
+    if http.metrics_port and http.workers == 1:
         metrics.serve(http.metrics_port)
+    elif http.metrics_port and http.worker == 0:
+        metrics.serve(http.metrics_port, metrics.WorkerSet(metrics.REGISTRY, http.workers, WORKER_SOCKET_DIR))
+    elif http.metrics_port:
+        metrics.serve_unix(metrics.worker_socket(WORKER_SOCKET_DIR, http.worker))
     server.serve(
         app,
         port=http.port,
@@ -63,6 +75,7 @@ def serve_http(app: Any, http: HttpSettings, behind_gateway: bool = False) -> No
         # waitress refuses what is far above our limit (JSON too, see server.py); the app answers 413 below it.
         max_request_body_size=max(16 * 1024 * 1024, http.max_body_bytes * 4),
         limits=http.limits,
+        reuse_port=http.workers > 1,
         **forwarded,
     )
 

@@ -3,6 +3,9 @@ kept in this process, served as text (exposition format 0.0.4) on a port of thei
 
 The metrics listener is a separate small server (``serve``), never the app's HTTP port: the gateway's
 port is the public one, and a scrape must get through while every worker thread of the app is busy.
+When an app runs several worker processes, worker 0 serves the port and the others a Unix socket each
+(``serve_unix``); a scrape of the port gets every worker's series, each with a ``worker`` label
+(``WorkerSet``), so that a counter restarts with its own process only, as Prometheus expects.
 
 Label values are always from a bounded set (route templates, outcome names, upstream names), never a
 raw path, id or error message, so that the number of series stays fixed whatever clients send.
@@ -15,6 +18,8 @@ import bisect
 import logging
 import os
 import re
+import socket
+import socketserver
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -331,7 +336,7 @@ if os.path.exists("/proc/self/stat"):
 
 
 class _Handler(BaseHTTPRequestHandler):
-    registry: Registry = REGISTRY
+    registry: Registry | WorkerSet = REGISTRY
     timeout = SCRAPE_TIMEOUT
     server_version = "metrics"
     sys_version = ""
@@ -358,13 +363,101 @@ class _Server(ThreadingHTTPServer):
     allow_reuse_address = True
 
 
-def serve(port: int, registry: Registry = REGISTRY, host: str = "0.0.0.0") -> ThreadingHTTPServer:  # noqa: S104
+class _UnixServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+    daemon_threads = True
+
+
+def serve(port: int, registry: Registry | WorkerSet = REGISTRY, host: str = "0.0.0.0") -> ThreadingHTTPServer:  # noqa: S104
     """Serve ``registry`` at ``http://host:port/metrics`` from a background thread; returns the server."""
     handler = type("Handler", (_Handler,), {"registry": registry})
     server = _Server((host, port), handler)
     threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
     log.info("metrics on port %d (/metrics)", server.server_address[1])
     return server
+
+
+def serve_unix(path: str, registry: Registry = REGISTRY) -> socketserver.UnixStreamServer:
+    """Serve ``registry`` on the Unix socket ``path`` (a worker other than 0, read by worker 0's WorkerSet)."""
+    handler = type("Handler", (_Handler,), {"registry": registry})
+    if os.path.exists(path):
+        os.unlink(path)  # left by this worker's previous process
+    server = _UnixServer(path, handler)
+    threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
+    return server
+
+
+def worker_socket(directory: str, worker: int) -> str:
+    return os.path.join(directory, f"metrics-worker-{worker}.sock")
+
+
+def _fetch(path: str, timeout: float) -> bytes:
+    """The body of ``GET /metrics`` from the Unix socket ``path``."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+        conn.settimeout(timeout)
+        conn.connect(path)
+        conn.sendall(b"GET /metrics HTTP/1.0\r\n\r\n")
+        chunks = []
+        while chunk := conn.recv(65536):
+            chunks.append(chunk)
+    head, _, body = b"".join(chunks).partition(b"\r\n\r\n")
+    if not head.startswith((b"HTTP/1.0 200", b"HTTP/1.1 200")):
+        raise OSError(f"answered {head[:40]!r}")
+    return body
+
+
+_NAME_END = re.compile(r"[^a-zA-Z0-9_:]")
+
+
+def _with_worker(sample: str, label: str) -> str:
+    """``name{a="b"} 1`` as ``name{worker="k",a="b"} 1``; ``name 1`` as ``name{worker="k"} 1``."""
+    end = _NAME_END.search(sample)
+    if end is None:
+        return sample
+    cut = end.start()
+    if sample[cut] == "{":
+        return f"{sample[: cut + 1]}{label},{sample[cut + 1 :]}"
+    return f"{sample[:cut]}{{{label}}}{sample[cut:]}"
+
+
+class WorkerSet:
+    """The metrics of an app's worker processes, as one exposition: this process's registry (worker 0) and
+    every other worker's, read from its Unix socket at each scrape. Each sample gets a ``worker`` label;
+    ``http_worker_up{worker}`` says whether that worker answered this scrape (its series are missing if not)."""
+
+    def __init__(self, registry: Registry, workers: int, directory: str, timeout: float = 2.0) -> None:
+        self.registry = registry
+        self.workers = workers
+        self.directory = directory
+        self.timeout = timeout
+
+    def render(self) -> bytes:
+        texts: list[tuple[int, str]] = [(0, self.registry.render().decode("utf-8"))]
+        up = ["# HELP http_worker_up Whether the worker process answered this scrape.", "# TYPE http_worker_up gauge"]
+        up.append('http_worker_up{worker="0"} 1')
+        for worker in range(1, self.workers):
+            try:
+                texts.append((worker, _fetch(worker_socket(self.directory, worker), self.timeout).decode("utf-8")))
+                up.append(f'http_worker_up{{worker="{worker}"}} 1')
+            except OSError as exc:
+                log.debug("worker %d gave no metrics: %s", worker, exc)
+                up.append(f'http_worker_up{{worker="{worker}"}} 0')
+        # Families in the order they first appear; each one's samples from every worker, in worker order.
+        families: dict[str, tuple[list[str], list[str]]] = {}
+        for worker, text in texts:
+            label = f'worker="{worker}"'
+            current: list[str] | None = None
+            for line in text.splitlines():
+                if line.startswith("# "):
+                    name = line.split(" ", 3)[2]
+                    if name not in families:
+                        families[name] = ([], [])
+                    head, current = families[name]
+                    if line not in head:
+                        head.append(line)
+                elif line and current is not None:
+                    current.append(_with_worker(line, label))
+        lines = [line for head, samples in families.values() for line in (*head, *samples)]
+        return ("\n".join([*lines, *up]) + "\n").encode("utf-8")
 
 
 # --- labels of HTTP requests, shared by the three apps --------------------------------------------------------

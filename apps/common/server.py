@@ -32,7 +32,7 @@ import waitress
 from waitress.adjustments import Adjustments
 from waitress.channel import HTTPChannel
 from waitress.server import TcpWSGIServer
-from waitress.task import ErrorTask
+from waitress.task import ErrorTask, WSGITask
 from waitress.utilities import build_http_date
 
 from common import logs, metrics
@@ -40,7 +40,6 @@ from common.jsonapi import JSON_TYPE, to_json
 from common.request_context import SERVED_BY, RequestContext, valid_request_id
 
 log = logging.getLogger(__name__)
-access_log = logging.getLogger("access")
 # The container's own healthcheck comes from loopback: the bounds never lock the operator out.
 EXEMPT_ADDRESSES = frozenset({"127.0.0.1", "::1"})
 # After an error answer, how long the client's further bytes are read and dropped before the
@@ -50,6 +49,8 @@ LINGER_SECONDS = 2.0
 CHECK_INTERVAL = 1
 # Descriptors beyond the connections: listening socket, trigger pipe, logs, upstream and broker connections.
 SPARE_DESCRIPTORS = 256
+# The connection a worker thread is serving, if any (see Channel.service and Server.pull_trigger).
+_serving = threading.local()
 # The serving server's task dispatcher, read by the in-flight and queued gauges at each scrape.
 _dispatchers: list[Any] = []
 metrics.REGISTRY.gauge(
@@ -113,25 +114,55 @@ class JsonErrorTask(ErrorTask):
         self.content_length = len(body)
         self.write(body)
         method, path = getattr(self.request, "command", None), getattr(self.request, "path", None)
-        access_log.info(
-            "%s %s %s %s %d %d 0.0ms (%s)",
-            rid,
-            self.channel.addr[0],
-            method or "-",
-            path or "-",
-            error.code,
-            len(body),
-            message,
-        )
+        client = self.channel.addr[0]
+        logs.access.write(f"{rid} {client} {method or '-'} {path or '-'} {error.code} {len(body)} 0.0ms ({message})")
+
+
+class Task(WSGITask):
+    """waitress's WSGI task, sending the status line and headers in the same ``send()`` as the body.
+
+    waitress flushes every write from the worker thread (its ``send_bytes`` is 1), so a head and a body
+    written apart cost two ``send()`` calls and two TCP segments per answer, and a reader (the gateway
+    reading inventory-app) two ``recv()`` calls. A body of more than MERGE_MAX bytes is not copied."""
+
+    MERGE_MAX = 64 * 1024
+
+    def write(self, data: bytes) -> None:
+        if self.wrote_header or not self.complete:
+            super().write(data)
+            return
+        head = self.build_response_header()
+        self.wrote_header = True
+        length = self.content_length
+        if data and self.has_body and not self.chunked_response and length is not None:
+            if len(data) <= min(length, self.MERGE_MAX):
+                self.content_bytes_written += len(data)
+                self.channel.write_soon(head + data)
+                return
+        self.channel.write_soon(head)
+        super().write(data)
 
 
 class Channel(HTTPChannel):
     """A client connection: counted against the bounds, with a deadline per request."""
 
+    task_class = Task
     error_task_class = JsonErrorTask
     counted = False  # counted in the server's per-client and total figures
     request_started: float | None = None  # monotonic time of the first byte of the request in progress
     linger_until: float | None = None  # set once the answer is sent and the connection is closing
+
+    def service(self) -> None:
+        _serving.channel = self
+        try:
+            super().service()
+        finally:
+            _serving.channel = None
+
+    def needs_wake_up(self) -> bool:
+        """Whether the I/O thread must recompute what it polls for this connection (output to send, a close,
+        requests queued); with the request lookahead it keeps polling the connection for input meanwhile."""
+        return bool(self.total_outbufs_len or self.will_close or self.close_when_flushed or self.requests)
 
     def received(self, data: bytes) -> bool:
         if self.request_started is None:
@@ -217,13 +248,20 @@ class Server(TcpWSGIServer):
 
     channel_class = Channel
 
-    def __init__(self, application: Any, limits: Limits, adj: Adjustments) -> None:
+    def __init__(self, application: Any, limits: Limits, adj: Adjustments, reuse_port: bool = False) -> None:
         self.limits = limits
+        self.reuse_port = reuse_port
         self.per_client: Counter[str] = Counter()
         self.counted_total = 0
         self.count_lock = threading.Lock()
         self.refusals = logs.AtMostEvery(log, 10.0)
         super().__init__(application, adj=adj)
+
+    def bind_server_socket(self) -> None:
+        if self.reuse_port:
+            # Several worker processes listen on the port; the kernel spreads new connections over them.
+            self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        super().bind_server_socket()
 
     def handle_accept(self) -> None:
         # Several per wake-up: under a flood, one per loop pass left the backlog (and the healthcheck) waiting.
@@ -278,6 +316,16 @@ class Server(TcpWSGIServer):
                 self.counted_total -= 1
                 connections_open.set(self.counted_total)
 
+    def pull_trigger(self) -> None:
+        # waitress wakes the I/O thread after every request it served (a write to a pipe, then a pass over every
+        # connection), so that it polls the connection for the next request again. With a request lookahead of 1
+        # the connection stays polled while its request is served, so that wake-up is needed only when the
+        # connection has output left to send, must close, or has requests queued.
+        channel = getattr(_serving, "channel", None)
+        if channel is not None and not channel.needs_wake_up():
+            return
+        super().pull_trigger()
+
     def maintenance(self, now: float) -> None:
         """Deadlines of every connection (run every ``cleanup_interval`` by waitress's ``readable``)."""
         monotonic = time.monotonic()
@@ -304,6 +352,7 @@ def serve(
     grace_seconds: float = 10.0,
     limits: Limits | None = None,
     host: str = "0.0.0.0",  # noqa: S104 - inside a container, reached through its networks
+    reuse_port: bool = False,
     **options: Any,
 ) -> None:
     """Serve ``app`` with waitress until SIGTERM/SIGINT, then stop gracefully:
@@ -320,9 +369,10 @@ def serve(
         connection_limit=connection_limit,
         cleanup_interval=CHECK_INTERVAL,
         asyncore_use_poll=True,
+        channel_request_lookahead=1,  # see Server.pull_trigger
         **options,
     )
-    server = Server(RequestContext(app), limits, adj)
+    server = Server(RequestContext(app), limits, adj, reuse_port)
     _dispatchers[:] = [server.task_dispatcher]
     # waitress warns "Task queue depth is N" for every request that waits for a free thread: under
     # load, one line per request, which made the overload worse. One line per 10 s keeps the signal.

@@ -102,19 +102,23 @@ def test_order_sent_while_billing_app_is_stopped_is_stored_once_it_restarts(stac
 def test_the_gateway_log_volume_holds_the_requests(stack: Stack) -> None:
     answer = stack.http("GET", "/api/movies", headers={"X-Request-ID": "audit-log-check"})
     assert answer.headers["x-request-id"] == "audit-log-check"
-    # Read the volume the way an operator would: a throwaway container mounting it read-only.
-    log = run(
-        "docker",
-        "run",
-        "--rm",
-        "--entrypoint",
-        "cat",
-        "-v",
-        f"{PREFIX}api-gateway-app:/logs:ro",
-        f"{PROJECT}/api-gateway-app",
-        "/logs/access.log",
-    ).stdout
-    assert "audit-log-check" in log
+
+    def access_log() -> str:
+        # Read the volume the way an operator would: a throwaway container mounting it read-only.
+        return run(
+            "docker",
+            "run",
+            "--rm",
+            "--entrypoint",
+            "cat",
+            "-v",
+            f"{PREFIX}api-gateway-app:/logs:ro",
+            f"{PROJECT}/api-gateway-app",
+            "/logs/access.log",
+        ).stdout
+
+    # The lines are written in batches, a fraction of a second after their requests.
+    log = wait_for(lambda: "audit-log-check" in (text := access_log()) and text, 10, what="the access line")
     assert "POST /api/billing/ 200" in log
 
 

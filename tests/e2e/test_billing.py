@@ -208,7 +208,7 @@ def publish_direct(
 def supervised_pid(stack: Stack, program: str) -> int | None:
     """The pid of a RUNNING supervisor program in billing-app, else None."""
     status = stack.exec("billing-app", "supervisorctl", "status", program, check=False).stdout
-    match = re.search(rf"^{program}\s+RUNNING\s+pid (\d+),", status, re.MULTILINE)
+    match = re.search(rf"^{re.escape(program)}\s+RUNNING\s+pid (\d+),", status, re.MULTILINE)
     return int(match.group(1)) if match else None
 
 
@@ -364,7 +364,7 @@ def test_a_consumer_killed_mid_batch_is_restarted_in_place_and_no_order_is_lost_
             wait_depth(stack, QUEUE, 600)
         container_id = stack.inspect("billing-app", "{{.Id}}")
         restarts = stack.inspect("billing-app", "{{.RestartCount}}")
-        api_pid = supervised_pid(stack, "api")
+        api_pid = supervised_pid(stack, "api:api-0")
         old_pid = wait_for(lambda: supervised_pid(stack, "consumer"), 30, what="the consumer to run")
         wait_for(
             lambda: (
@@ -393,7 +393,7 @@ def test_a_consumer_killed_mid_batch_is_restarted_in_place_and_no_order_is_lost_
     wait_depth(stack, QUEUE, 0)
     assert stack.inspect("billing-app", "{{.Id}}") == container_id
     assert stack.inspect("billing-app", "{{.RestartCount}}") == restarts
-    assert supervised_pid(stack, "api") == api_pid, "only the consumer was restarted"
+    assert supervised_pid(stack, "api:api-0") == api_pid, "only the consumer was restarted"
     assert re.search(r"exited: consumer \(terminated by SIGKILL", docker_logs_since(stack, "billing-app", since))
     stack.wait_healthy()
 

@@ -157,9 +157,7 @@ print(json.dumps({"results": results, "max_fd": max_fd, "limits": limits}))
 
 
 def gateway_pid(stack: Stack) -> str:
-    out = stack.exec(
-        "api-gateway-app", "supervisorctl", "-c", "/etc/supervisor/supervisord.conf", "pid", "api-gateway-app"
-    )
+    out = stack.exec("api-gateway-app", "supervisorctl", "pid", "api-gateway-app:api-gateway-app-0")
     return out.stdout.strip()
 
 

@@ -52,10 +52,12 @@ BASE_URL = f"http://127.0.0.1:{PORT}"
 QUEUE = "billing_queue"
 DLQ = "billing_queue.dlq"
 JSON_TYPE = "application/json; charset=utf-8"
+# Supervisor's names: the HTTP programs run HTTP_WORKERS processes each (one on this machine), named <program>-<n>.
+GATEWAY_PROGRAM = "api-gateway-app:api-gateway-app-0"
 APP_PROGRAMS = {
-    "inventory-app": ["inventory-app"],
-    "billing-app": ["consumer", "api"],
-    "api-gateway-app": ["api-gateway-app"],
+    "inventory-app": ["inventory-app:inventory-app-0"],
+    "billing-app": ["consumer", "api:api-0"],
+    "api-gateway-app": [GATEWAY_PROGRAM],
 }
 # The statuses the document allows a healthy-looking gateway under stress: upstream down, broker or
 # database unavailable, upstream timeout. Anything else >= 500 is a bug.
@@ -89,6 +91,11 @@ def supervised_pid(stack: Stack, service: str, program: str) -> int | None:
     result = stack.exec(service, "supervisorctl", "pid", program, check=False)
     pid = result.stdout.strip()
     return int(pid) if pid.isdigit() and int(pid) > 0 else None
+
+
+def process_name(namespec: str) -> str:
+    """What supervisor's log lines call a process: ``api-0`` for ``api:api-0``."""
+    return namespec.rpartition(":")[2]
 
 
 def app_pids(stack: Stack) -> dict[str, int | None]:
@@ -460,9 +467,9 @@ def test_a_database_killed_with_kill_9_comes_back_with_one_restart_every_time(st
 @pytest.mark.parametrize(
     ("service", "program", "check"),
     [
-        ("inventory-app", "inventory-app", "/api/movies?limit=1"),
-        ("api-gateway-app", "api-gateway-app", "/health"),
-        ("billing-app", "api", "/api/orders?limit=1"),
+        ("inventory-app", "inventory-app:inventory-app-0", "/api/movies?limit=1"),
+        ("api-gateway-app", "api-gateway-app:api-gateway-app-0", "/health"),
+        ("billing-app", "api:api-0", "/api/orders?limit=1"),
     ],
 )
 def test_an_app_process_killed_inside_its_container_is_restarted_in_place_by_supervisor(
@@ -487,7 +494,7 @@ def test_an_app_process_killed_inside_its_container_is_restarted_in_place_by_sup
     stack.wait_healthy(timeout=120)
     assert stack.inspect(service, "{{.Id}}") == container_id
     assert restart_count(stack, service) == restarts, "Docker restarted the container: supervisor should have"
-    assert f"exited: {program} (terminated by SIGKILL" in logs_since(stack, service, since)
+    assert f"exited: {process_name(program)} (terminated by SIGKILL" in logs_since(stack, service, since)
     print(f"\n{service}: {program} pid {old_pid} killed, restarted in place as pid {new_pid}")
 
 
@@ -504,7 +511,8 @@ done
 
 
 @pytest.mark.parametrize(
-    ("service", "program", "sibling"), [("inventory-app", "inventory-app", None), ("billing-app", "consumer", "api")]
+    ("service", "program", "sibling"),
+    [("inventory-app", "inventory-app:inventory-app-0", None), ("billing-app", "consumer", "api:api-0")],
 )
 def test_a_program_that_dies_on_every_start_goes_fatal_and_docker_restarts_its_container(
     stack: Stack, service: str, program: str, sibling: str | None
@@ -535,14 +543,16 @@ def test_a_program_that_dies_on_every_start_goes_fatal_and_docker_restarts_its_c
     assert stack.inspect(service, "{{.Id}}") == container_id, "the same container is restarted, not replaced"
     assert exit_codes_since(stack, service, since) == [137]
     supervisord = logs_since(stack, service, since, "stdout")
-    fatal = supervisord.find(f"gave up: {program} entered FATAL state")
+    fatal = supervisord.find(f"gave up: {process_name(program)} entered FATAL state")
     restarted_at = supervisord.find("supervisord started with pid", fatal)
     assert 0 <= fatal < restarted_at, supervisord[-3000:]
-    assert f"error: supervisor gave up on a program ({program})" in logs_since(stack, service, since, "stderr")
+    assert f"error: supervisor gave up on a program ({process_name(program)})" in logs_since(
+        stack, service, since, "stderr"
+    )
     if sibling is not None:
         # The listener stopped the sibling with SIGTERM and it exited by itself (status 0), before the
         # container ended: between the FATAL and the container's next start.
-        stopped = supervisord.find(f"stopped: {sibling} (exit status 0)", fatal)
+        stopped = supervisord.find(f"stopped: {process_name(sibling)} (exit status 0)", fatal)
         assert fatal < stopped < restarted_at, supervisord[-3000:]
     assert supervised_pid(stack, service, program) is not None
     if service == "billing-app":
@@ -566,7 +576,8 @@ def test_slow_clients_sending_a_byte_a_second_do_not_hold_up_other_clients(stack
     second for 7 s (within the 10 s a request may take to arrive; past that it is answered 408, see
     tests/e2e/test_connections.py); meanwhile normal requests are answered at once, and the slow requests
     are served correctly when they finally complete."""
-    gateway_pid = supervised_pid(stack, "api-gateway-app", "api-gateway-app")
+    gateway_pid = supervised_pid(stack, "api-gateway-app", GATEWAY_PROGRAM)
+    assert gateway_pid is not None
     user = fresh_user()
     body = json.dumps({"user_id": user, "number_of_items": 1, "total_amount": "2.50"}).encode()
     head = (
@@ -612,7 +623,7 @@ def test_slow_clients_sending_a_byte_a_second_do_not_hold_up_other_clients(stack
     print(f"\n{len(latencies)} normal requests during the trickle: slowest {max(latencies) * 1000:.0f} ms")
     assert answers == [b"HTTP/1.1 200 OK"] * len(sockets)
     wait_for(lambda: len(stack.order_rows(user_id=user)) == TRICKLE_SECONDS + len(sockets), 60, what="all stored")
-    assert supervised_pid(stack, "api-gateway-app", "api-gateway-app") == gateway_pid
+    assert supervised_pid(stack, "api-gateway-app", GATEWAY_PROGRAM) == gateway_pid
 
 
 def big_request(method: str, path: str, size: int, chunked: bool) -> tuple[int, dict[str, str], bytes]:

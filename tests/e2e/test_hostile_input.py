@@ -3,14 +3,13 @@ out-of-range integers everywhere, unbounded lists, and a statement that outlives
 
 from __future__ import annotations
 
-import subprocess
 import uuid
 from typing import Any
 
 import pytest
 
 from common.jsonapi import PAGE_DEFAULT, PAGE_MAX
-from stack import Response, Stack, fresh_user, wait_for
+from stack import Response, Stack, fresh_user, movies_locked
 
 pytestmark = pytest.mark.e2e
 
@@ -92,28 +91,9 @@ def test_movie_and_order_lists_answer_the_default_page_and_never_more_than_the_m
 
 def test_a_statement_timeout_is_a_504_that_says_so_not_database_unavailable(stack: Stack) -> None:
     movie = stack.http("POST", "/api/movies", {"title": "locked " + uuid.uuid4().hex[:8]}).json()
-    db = stack.env["INVENTORY_DB_NAME"]
-    # An operator's transaction holds the table longer than the apps' statement timeout (5 s).
-    holder = subprocess.Popen(
-        ["docker", "exec", "-u", "postgres", stack.container("inventory-db"), "psql", "-X", "-q", "-d", db, "-c",
-         "BEGIN; LOCK TABLE movies IN ACCESS EXCLUSIVE MODE; SELECT pg_sleep(12); COMMIT;"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    try:
-        wait_for(
-            lambda: (
-                stack.psql(
-                    "inventory-db", "SELECT count(*) FROM pg_locks WHERE relation = 'movies'::regclass AND granted"
-                )
-                != "0"
-            ),
-            20,
-            what="the lock to be held",
-        )
+    with movies_locked(stack, 12):
         answer = stack.http("GET", f"/api/movies/{movie['id']}", timeout=30)
         body = assert_json_error(answer, 504)
         assert "timeout" in body["error"] and "unavailable" not in body["error"], body
-    finally:
-        holder.wait(30)
     # The pool kept its connection usable: the next read just works.
     assert stack.http("GET", f"/api/movies/{movie['id']}").status == 200

@@ -91,7 +91,7 @@ def count_rows(stack: Stack, title_prefix: str) -> int:
 def app_process(stack: Stack) -> tuple[str, str, str]:
     """What changes if inventory-app is restarted: the container's start time and restart count,
     and the pid supervisor gave the program."""
-    pid = stack.exec("inventory-app", "supervisorctl", "pid", "inventory-app").stdout.strip()
+    pid = stack.exec("inventory-app", "supervisorctl", "pid", "inventory-app:inventory-app-0").stdout.strip()
     assert pid.isdigit(), pid
     return (
         stack.inspect("inventory-app", "{{.State.StartedAt}}"),

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from inventory_app.movies import _GET, _LIST_BY_TITLE
-from stack import Stack, run, wait_for
+from stack import Stack, movies_locked, run, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -166,19 +166,8 @@ def test_a_data_error_and_a_statement_timeout_keep_the_connection_and_its_prepar
     refused = driver.run(_GET, id="not a number")
     assert refused["error"] == "DatabaseError" and refused["data_error"], refused
     assert "22P02" in refused["message"]
-    db = stack.env["INVENTORY_DB_NAME"]
-    # An operator's transaction holds the table longer than the statement timeout (5 s).
-    holder = subprocess.Popen(
-        ["docker", "exec", "-u", "postgres", stack.container("inventory-db"), "psql", "-X", "-q", "-d", db, "-c",
-         "BEGIN; LOCK TABLE movies IN ACCESS EXCLUSIVE MODE; SELECT pg_sleep(8); COMMIT;"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    try:
-        locked = "SELECT count(*) FROM pg_locks WHERE relation = 'movies'::regclass AND granted"
-        wait_for(lambda: stack.psql("inventory-db", locked) != "0", 20, what="the lock to be held")
+    with movies_locked(stack, 8):
         timed_out = driver.run(_GET, id=movie)
-    finally:
-        holder.wait(30)
     assert timed_out["error"] == "StatementTimeout" and not timed_out["data_error"], timed_out
     assert timed_out["round_trips"] == 1, "a timed-out statement must not be run a second time"
     assert driver.rows(_GET, id=movie)

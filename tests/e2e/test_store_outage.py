@@ -69,7 +69,7 @@ def billing_app_processes(stack: Stack) -> dict[str, Any]:
         "restarts": stack.inspect("billing-app", "{{.RestartCount}}"),
         "started": stack.inspect("billing-app", "{{.State.StartedAt}}"),
         "consumer": supervised_pid(stack, "consumer"),
-        "api": supervised_pid(stack, "api"),
+        "api": supervised_pid(stack, "api:api-0"),
     }
 
 

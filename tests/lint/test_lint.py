@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -111,6 +112,42 @@ def test_the_test_stack_leaves_prometheus_out_and_gives_it_the_test_names(tmp_pa
     # Never a user's 9090 (nor their gateway's 3000).
     assert [(p["host_ip"], p["published"]) for p in prometheus["ports"]] == [("127.0.0.1", settings["PROMETHEUS_PORT"])]
     assert settings["PROMETHEUS_PORT"] not in ("9090", settings["GATEWAY_PORT"])
+
+
+def test_the_start_order_is_declared_and_waits_for_no_healthcheck(tmp_path: Path) -> None:
+    """Each app is started after what it uses, but not held back until that is healthy: the apps wait for their
+    database and broker by themselves (README, "Start-up and healthchecks")."""
+    config = compose_config(every_variable_env(tmp_path))
+    order = {
+        name: {d: c["condition"] for d, c in s.get("depends_on", {}).items()} for name, s in config["services"].items()
+    }
+    assert order == {
+        "inventory-db": {},
+        "billing-db": {},
+        "rabbit-queue": {},
+        "inventory-app": {"inventory-db": "service_started"},
+        "billing-app": {"billing-db": "service_started", "rabbit-queue": "service_started"},
+        "api-gateway-app": {
+            "rabbit-queue": "service_started",
+            "inventory-app": "service_started",
+            "billing-app": "service_started",
+        },
+    }
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.parent.name)
+def test_each_healthcheck_retries_during_its_start_period_only_and_within_its_timeout(dockerfile: Path) -> None:
+    """--start-wait (scripts/image/healthcheck-start.sh) is the start period; a probe may wait 20 s and then make a
+    last try of at most 3 s, so Docker's timeout must leave it that time."""
+    line = next(line for line in dockerfile.read_text().splitlines() if line.startswith("HEALTHCHECK "))
+    options = dict(re.findall(r"--([a-z-]+)=(\d+)s?\b", line.split(" CMD ", 1)[0]))
+    command = json.loads(line.split(" CMD ", 1)[1])
+    assert options["interval"] == "5", line
+    assert command[1] == f"--start-wait={options['start-period']}", line
+    wait = int(
+        re.search(r"START_PROBE_MAX_SECONDS=(\d+)", (ROOT / "scripts/image/healthcheck-start.sh").read_text())[1]
+    )
+    assert int(options["timeout"]) >= wait + 2 * 3 + 1, line
 
 
 def test_env_is_ignored_and_example_holds_no_secret() -> None:

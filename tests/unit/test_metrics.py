@@ -166,3 +166,55 @@ def test_the_listener_serves_metrics_and_nothing_else() -> None:
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_worker_zero_serves_every_workers_series_each_with_its_worker_label(tmp_path) -> None:
+    """Several worker processes: worker 0's port shows its own series and those the others serve on their
+    Unix sockets, one HELP/TYPE per family, each sample labelled with its worker; a worker that does not
+    answer is reported by http_worker_up and its series are missing, not zeroed."""
+    registries = []
+    for worker in range(3):
+        registry = metrics.Registry()
+        requests = metrics.RequestMetrics(registry)
+        for _ in range(worker + 1):
+            requests.observe("GET", "/api/movies/{movie_id}", "2xx", 0.002)
+        registry.gauge("http_connections_open", "Open.").set(10 + worker)
+        registries.append(registry)
+    siblings = [metrics.serve_unix(metrics.worker_socket(str(tmp_path), w), registries[w]) for w in (1, 2)]
+    merged = metrics.WorkerSet(registries[0], 3, str(tmp_path))
+    try:
+        text = merged.render().decode()
+        samples = parse(text)
+        route = 'method="GET",route="/api/movies/{movie_id}",status="2xx"'
+        for worker in range(3):
+            assert samples[f'http_requests_total{{worker="{worker}",{route}}}'] == worker + 1
+            assert samples[f'http_connections_open{{worker="{worker}"}}'] == 10 + worker
+            assert samples[f'http_worker_up{{worker="{worker}"}}'] == 1
+        assert text.count("# TYPE http_requests counter") == 1
+        # Each family once, all its samples right after its TYPE line (the exposition format requires it).
+        families, family = [], ""
+        for line in text.splitlines():
+            if line.startswith("# TYPE "):
+                family = line.split()[2]
+                families.append(family)
+            elif not line.startswith("#"):
+                assert re.match(rf"{family}(_total|_bucket|_sum|_count)?{{", line), (family, line)
+        assert len(families) == len(set(families))
+
+        siblings[1].shutdown()
+        siblings[1].server_close()
+        samples = parse(merged.render().decode())
+        assert samples['http_worker_up{worker="2"}'] == 0
+        assert f'http_requests_total{{worker="2",{route}}}' not in samples
+        assert samples[f'http_requests_total{{worker="1",{route}}}'] == 2
+    finally:
+        siblings[0].shutdown()
+        siblings[0].server_close()
+
+
+def test_a_worker_label_goes_first_whatever_the_other_labels_hold() -> None:
+    assert metrics._with_worker("up 1", 'worker="1"') == 'up{worker="1"} 1'
+    assert (
+        metrics._with_worker('x_bucket{route="/a/{id}",le="+Inf"} 3', 'worker="2"')
+        == 'x_bucket{worker="2",route="/a/{id}",le="+Inf"} 3'
+    )

@@ -5,7 +5,9 @@
 - a request that is not complete within the deadline gets a 408 and is closed, an idle one is closed;
 - what waitress refuses before the app sees a request is answered in the JSON error shape;
 - more than 1024 descriptors (select()'s ceiling) from a process started with a soft limit of 1024;
-- the graceful stop still lets an in-flight request finish.
+- the graceful stop still lets an in-flight request finish;
+- an answer leaves in one send(), its head with its body, and a request served on a kept-alive connection
+  costs no extra wake-up of the I/O thread; pipelined requests are answered in order.
 """
 
 from __future__ import annotations
@@ -37,6 +39,23 @@ from pathlib import Path
 from common import logs, server
 
 marker = Path(sys.argv[6])
+sends = [0]  # socket send() calls of the answers so far
+_send = server.Channel.send
+
+def counted_send(self, data, do_close=True):
+    sends[0] += 1
+    return _send(self, data, do_close)
+
+server.Channel.send = counted_send
+import waitress.trigger
+wake_ups = [0]  # the worker threads' writes to the I/O thread's trigger pipe
+_pull = waitress.trigger.trigger._physical_pull
+
+def counted_pull(self):
+    wake_ups[0] += 1
+    return _pull(self)
+
+waitress.trigger.trigger._physical_pull = counted_pull
 
 def app(environ, start_response):
     if environ["PATH_INFO"] == "/boom":
@@ -45,6 +64,10 @@ def app(environ, start_response):
         marker.touch()
         time.sleep(1.5)
     body = b'{"ok":true}'
+    if environ["PATH_INFO"] == "/sends":
+        body = b'{"sends":%d,"wake_ups":%d}' % (sends[0], wake_ups[0])
+    if environ["PATH_INFO"] == "/big":
+        body = b"x" * 200_000
     start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
     return [body]
 
@@ -331,3 +354,77 @@ def test_the_graceful_stop_lets_an_in_flight_request_finish(tmp_path: Path) -> N
         server.process.send_signal(signal.SIGTERM)
         assert read_answer(sock).status == 200
         assert server.process.wait(timeout=10) == 0
+
+
+def test_an_answer_leaves_in_one_send_its_head_with_its_body(tmp_path: Path) -> None:
+    with serving(tmp_path, total=16, per_client=8) as server:
+        sock = server.connect()
+        for _ in range(5):
+            sock.sendall(b"GET / HTTP/1.1\r\nHost: test\r\n\r\n")
+            answer = read_answer(sock)
+            assert (answer.status, answer.body) == (200, b'{"ok":true}')
+        sock.sendall(b"GET /sends HTTP/1.1\r\nHost: test\r\n\r\n")
+        counts = read_answer(sock).json()
+        assert counts["sends"] == 5  # waitress alone: 10 (head, then body)
+        sock.sendall(b"GET /big HTTP/1.1\r\nHost: test\r\n\r\n")
+        big = read_answer(sock)  # a large body is sent after its head, not copied into one buffer
+        assert (big.status, len(big.body), big.headers["content-length"]) == (200, 200_000, "200000")
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: test\r\n\r\n")
+        assert read_answer(sock).body == b'{"ok":true}'
+
+
+def test_kept_alive_requests_cost_no_wake_up_of_the_io_thread_and_none_waits(tmp_path: Path) -> None:
+    with serving(tmp_path, total=16, per_client=8) as server:
+        sock = server.connect()
+        slowest = 0.0
+        for _ in range(30):
+            started = time.monotonic()
+            sock.sendall(b"GET / HTTP/1.1\r\nHost: test\r\n\r\n")
+            assert read_answer(sock).status == 200
+            slowest = max(slowest, time.monotonic() - started)
+        sock.sendall(b"GET /sends HTTP/1.1\r\nHost: test\r\n\r\n")
+        # waitress alone writes to the trigger after each request (30), so that its loop polls the
+        # connection again; here the connection stays polled. None waited for the loop's 1 s poll timeout.
+        assert read_answer(sock).json()["wake_ups"] == 0
+        assert slowest < 0.5, slowest
+        # Two requests in one segment (pipelined): both answered, in order, on the same connection.
+        sock.sendall(
+            b"GET /sends HTTP/1.1\r\nHost: test\r\n\r\nGET /big HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n"
+        )
+        received = b""
+        while chunk := sock.recv(65536):  # until the server closes, after the second answer
+            received += chunk
+        first, second = received.split(b"HTTP/1.1 200 OK\r\n")[1:]
+        assert b'"wake_ups":' in first and first.endswith(b"}")
+        assert second.endswith(b"\r\n\r\n" + b"x" * 200_000)
+
+
+def test_worker_processes_can_listen_on_one_port_only_when_they_ask_to() -> None:
+    """HTTP_WORKERS > 1: each worker binds the port with SO_REUSEPORT (the kernel spreads connections over
+    them); a single server keeps the port to itself, so a second one started by mistake fails at once."""
+    from waitress.adjustments import Adjustments
+
+    from common import server
+
+    port = free_port()
+
+    def bind(reuse_port: bool) -> server.Server:
+        adj = Adjustments(host="127.0.0.1", port=port, threads=1)
+        return server.Server(lambda environ, start_response: [], server.Limits(), adj, reuse_port)
+
+    first, second = bind(True), bind(True)
+    try:
+        assert int(first.effective_port) == int(second.effective_port) == port
+        with pytest.raises(OSError, match="in use"):
+            bind(False)
+    finally:
+        for each in (first, second):
+            each.close()
+            each.task_dispatcher.shutdown()
+    alone = bind(False)
+    try:
+        with pytest.raises(OSError, match="in use"):
+            bind(True)
+    finally:
+        alone.close()
+        alone.task_dispatcher.shutdown()

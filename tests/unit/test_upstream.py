@@ -257,6 +257,74 @@ def test_a_kept_alive_connection_closed_by_the_upstream_is_retried_for_idempoten
     assert len(received) == 3
 
 
+def test_a_new_connection_closed_without_an_answer_is_retried_only_for_idempotent_requests(
+    scripted: tuple[int, list[bytes], list[bytes]],
+) -> None:
+    port, answers, received = scripted
+    # As a stopping replica does to a connection still waiting in its listen queue: closed, no answer.
+    answers += [b"<close>", b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\n1"]
+    assert scripted_upstream(port).request("GET", "/", {"Host": "h"}, b"").body == b"1"
+    assert len(received) == 2
+    answers += [b"<close>", b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\n2"]
+    with pytest.raises(proxy.UpstreamUnavailable):  # it may have been processed: never sent twice
+        scripted_upstream(port).request("POST", "/", {"Host": "h"}, b"{}")
+    assert len(received) == 3
+
+
+def test_a_replica_stopping_under_a_kept_alive_connection_costs_no_request(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A rolling update: replica 127.0.0.1 stops, closing its listener and the kept-alive connection a
+    # request is just arriving on. The request is sent again on a new connection, whose address comes in
+    # turn and may be that same replica: refused, so the next try goes to the other one.
+    for _ in range(20):
+        port, servers = servers_on_one_port(("127.0.0.2",))
+        try:
+            stopping = socket.create_server(("127.0.0.1", port))
+            break
+        except OSError:
+            servers[0].server_close()
+    else:
+        raise AssertionError("no port free on 127.0.0.1 and 127.0.0.2")
+    threading.Thread(target=servers[0].serve_forever, daemon=True).start()
+    real = socket.getaddrinfo
+
+    def resolve(host: str, *args: object, **kwargs: object) -> list:
+        if host != NAME:
+            return real(host, *args, **kwargs)
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (address, port)) for address in ("127.0.0.1", "127.0.0.2")]
+
+    monkeypatch.setattr(proxy.socket, "getaddrinfo", resolve)
+
+    def serve_once_then_stop() -> None:
+        conn, _ = stopping.accept()
+        with conn:
+            conn.recv(65536)
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\n127.0.0.1")
+            conn.recv(65536)  # the next request arrives: the replica stops
+            stopping.close()
+
+    server = threading.Thread(target=serve_once_then_stop, daemon=True)
+    server.start()
+    upstream = Upstream("inventory-app", f"http://{NAME}:{port}", 1, 1, 8)
+
+    def get() -> str:
+        return upstream.request("GET", "/", {"Host": NAME}, b"").body.decode()
+
+    try:
+        assert get() == "127.0.0.1"
+        other_thread: list[str] = []  # another worker thread opens its connection: the turn moves on
+        worker = threading.Thread(target=lambda: other_thread.append(get()))
+        worker.start()
+        worker.join(5)
+        assert other_thread == ["127.0.0.2"]
+        assert get() == "127.0.0.2"  # the kept-alive connection closed, then 127.0.0.1 refused
+        server.join(5)
+        assert [get() for _ in range(3)] == ["127.0.0.2"] * 3
+    finally:
+        stopping.close()
+        servers[0].shutdown()
+        servers[0].server_close()
+
+
 def test_cr_or_lf_in_a_header_never_reaches_the_upstream(scripted: tuple[int, list[bytes], list[bytes]]) -> None:
     port, answers, received = scripted
     answers.append(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
