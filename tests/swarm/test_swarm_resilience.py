@@ -110,8 +110,14 @@ def test_an_update_that_never_turns_healthy_is_rolled_back_by_itself(swarm: Swar
     spec_env = swarm.service_json("inventory-app")["Spec"]["TaskTemplate"]["ContainerSpec"]["Env"]
     assert broken not in spec_env
     after = swarm.containers("inventory-app")
-    assert before == set(after), "the healthy tasks are kept; only the broken new one is removed"
+    assert len(after) == REPLICAS["inventory-app"]
     assert all(broken not in container_env(swarm, c) for c in after)
+    # The update stopped at its first slot, so the tasks of the two other slots are never touched. The first
+    # slot may get a new task with the old spec: while the broken task is still counted there (restarted
+    # under the restart policy, say), the slot holds two tasks, and swarm's rollback re-creates any slot
+    # holding more than one, its healthy task included.
+    kept = before & set(after)
+    assert len(kept) >= REPLICAS["inventory-app"] - 1, f"only {len(kept)} of the healthy tasks kept"
     assert result.failures() == []
 
 
