@@ -10,12 +10,24 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from waitress.utilities import build_http_date
+
 from common import logs, metrics
 
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 # Names the replica (container hostname) that answered, in the X-Served-By response header.
 SERVED_BY = socket.gethostname()
 requests = metrics.RequestMetrics(metrics.REGISTRY)
+_date: tuple[int, str] = (0, "")  # a second and its HTTP date
+
+
+def http_date() -> str:
+    """The Date header's value, formatted once per second (waitress formats it for every answer that has none)."""
+    global _date
+    now = int(time.time())
+    if _date[0] != now:
+        _date = (now, build_http_date(now))
+    return _date[1]
 
 
 def valid_request_id(value: str | None) -> str:
@@ -64,6 +76,7 @@ class RequestContext:
             ]
             headers.append(("X-Request-ID", rid))
             headers.append(("X-Served-By", SERVED_BY))
+            headers.append(("Date", http_date()))
             return start_response(status_line, headers, exc_info)
 
         try:

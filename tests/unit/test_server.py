@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import email.utils
 import json
 import os
 import resource
@@ -124,7 +125,9 @@ def read_answer(sock: socket.socket, timeout: float = 8.0) -> Answer:
         data += chunk
     head, body = data.split(b"\r\n\r\n", 1)
     lines = head.decode("latin-1").split("\r\n")
-    headers = {k.lower(): v.strip() for k, v in (line.split(":", 1) for line in lines[1:])}
+    fields = [(k.lower(), v.strip()) for k, v in (line.split(":", 1) for line in lines[1:])]
+    headers = dict(fields)
+    assert len(headers) == len(fields), f"a header sent twice: {lines[1:]}"
     while len(body) < int(headers.get("content-length", "0")):
         chunk = sock.recv(65536)
         if not chunk:
@@ -363,6 +366,8 @@ def test_an_answer_leaves_in_one_send_its_head_with_its_body(tmp_path: Path) -> 
             sock.sendall(b"GET / HTTP/1.1\r\nHost: test\r\n\r\n")
             answer = read_answer(sock)
             assert (answer.status, answer.body) == (200, b'{"ok":true}')
+            sent = email.utils.parsedate_to_datetime(answer.headers["date"]).timestamp()
+            assert abs(sent - time.time()) < 2  # formatted once per second, still the current one
         sock.sendall(b"GET /sends HTTP/1.1\r\nHost: test\r\n\r\n")
         counts = read_answer(sock).json()
         assert counts["sends"] == 5  # waitress alone: 10 (head, then body)
@@ -428,3 +433,42 @@ def test_worker_processes_can_listen_on_one_port_only_when_they_ask_to() -> None
     finally:
         alone.close()
         alone.task_dispatcher.shutdown()
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        b"/",
+        b"/api/movies/1234",
+        b"/api/movies?title=movie%20123&limit=5",
+        b"/api/movies/%41%2F%25x?q=%20#frag",
+        b"/a#b?c",
+        b"/a?b#c?d",
+        b"/a:b@c;d=e",
+        b"/a%zz%4",  # a broken escape is kept as it is
+        b"/a%C3%A9",  # UTF-8 escapes decode to latin-1 code points, as WSGI wants
+        b"//host/path?q",  # not an origin-form target: waitress's own rules
+        b"http://example.com:8080/x?y#z",
+        b"/a\tb",  # urlsplit removes tabs
+        b"*",
+    ],
+)
+def test_the_request_target_is_split_as_waitress_splits_it(target: bytes) -> None:
+    import waitress.parser
+
+    from common import server
+
+    assert waitress.parser.split_uri is server.split_target  # what the parser calls for each request
+    assert server.split_target(target) == server._waitress_split_uri(target)
+
+
+def test_a_request_target_with_bytes_that_are_not_ascii_is_still_refused() -> None:
+    import waitress.parser
+
+    from common import server
+
+    for target in (b"/caf\xc3\xa9", b"/\xff?x"):
+        with pytest.raises(waitress.parser.ParsingError):
+            server._waitress_split_uri(target)
+        with pytest.raises(waitress.parser.ParsingError):
+            server.split_target(target)
