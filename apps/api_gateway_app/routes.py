@@ -21,7 +21,16 @@ from api_gateway_app.proxy import (
 )
 from api_gateway_app.publisher import BrokerBlocked, Publisher, PublishFailed, PublishUnconfirmed
 from common import logs
-from common.jsonapi import JSON_TYPE, ApiError, JsonApp, json_response, read_body, read_json_object, to_json
+from common.jsonapi import (
+    JSON_TYPE,
+    ApiError,
+    JsonApp,
+    error_json,
+    json_response,
+    read_body,
+    read_json_object,
+    to_json,
+)
 from common.orders import IDEMPOTENCY_KEY, InvalidOrder, message_id, normalise_order, order_message
 
 log = logging.getLogger(__name__)
@@ -51,16 +60,16 @@ def _idempotency_key() -> str | None:
     return key
 
 
-def _proxy(upstream: Upstream, max_body_bytes: int) -> bottle.HTTPResponse:
-    """Forward the request to ``upstream`` and answer what it answered."""
-    environ = bottle.request.environ
-    body = read_body(max_body_bytes)
+def forward(
+    upstream: Upstream, environ: dict[str, Any], max_body_bytes: int
+) -> tuple[str, list[tuple[str, str]], bytes]:
+    """Forward the request to ``upstream``: the status line, the headers for the client and the body it answered,
+    or an ApiError (413, and 502/503/504 when the upstream gives no usable answer)."""
+    method = environ["REQUEST_METHOD"]
+    body = read_body(max_body_bytes, environ)
     try:
         answer = upstream.request(
-            bottle.request.method,
-            _target(environ),
-            forward_headers(environ, f"{upstream.host}:{upstream.port}"),
-            body,
+            method, _target(environ), forward_headers(environ, f"{upstream.host}:{upstream.port}"), body
         )
     except UpstreamBusy as exc:
         log.warning("%s: %s", exc, exc.detail)
@@ -68,31 +77,73 @@ def _proxy(upstream: Upstream, max_body_bytes: int) -> bottle.HTTPResponse:
     except UpstreamError as exc:
         log.warning("%s: %s", exc, exc.detail)
         raise ApiError(504 if isinstance(exc, UpstreamTimeout) else 502, str(exc)) from None
-    response = bottle.HTTPResponse(answer.body, answer.status)
-    for name, value in response_headers(answer.headers):
-        response.add_header(name, value)
-    if bottle.request.method == "HEAD":
+    headers = response_headers(answer.headers)
+    if method == "HEAD":
         # No body to measure: the upstream's length is the one a GET would have.
         length = next((v for k, v in answer.headers if k.lower() == "content-length"), None)
         if length is not None:
-            response.set_header("Content-Length", length)
-    return response
+            headers.append(("Content-Length", length))
+    return f"{answer.status} {answer.reason or bottle.HTTP_CODES.get(answer.status, 'Unknown')}", headers, answer.body
 
 
-def build_app(inventory: Upstream, billing: Upstream, publisher: Publisher, max_body_bytes: int) -> JsonApp:
+class Gateway:
+    """The gateway's WSGI app. A request for a forwarded route is forwarded without Bottle's request and response
+    objects, which cost ~15 % of a proxied GET's Python time (py-spy); Bottle's router still decides which route it
+    is, and Bottle answers everything else (the gateway's own routes, a method a route does not allow, a path
+    no route has), so routes, 404s, 405s with their Allow header and the metrics' route labels stay the same."""
+
+    def __init__(self, app: JsonApp, forwarded: dict[Any, Upstream], max_body_bytes: int) -> None:
+        self.app = app
+        self.routes = app.routes
+        self.forwarded = forwarded  # Bottle's Route -> where it goes
+        self.max_body_bytes = max_body_bytes
+
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        # Bottle matches the path as UTF-8 (waitress gives it as latin-1); only the method and the path matter.
+        path = (environ.get("PATH_INFO") or "/").encode("latin-1").decode("utf-8", "ignore")
+        try:
+            route, _ = self.app.router.match({"REQUEST_METHOD": environ["REQUEST_METHOD"], "PATH_INFO": path})
+        except bottle.HTTPError:  # 404 or 405: Bottle answers them
+            route = None
+        upstream = self.forwarded.get(route)
+        if upstream is None:
+            return self.app(environ, start_response)
+        environ["bottle.route"] = route  # the route label of the request metrics, as Bottle sets it
+        try:
+            status, headers, body = forward(upstream, environ, self.max_body_bytes)
+        except ApiError as exc:
+            status, body = exc.status_line, error_json(exc)
+            headers = [(k, v) for k, v in exc.headerlist if k.lower() not in ("content-type", "content-length")]
+            headers.append(("Content-Type", JSON_TYPE))
+        except Exception:
+            log.exception("unhandled error")
+            error = ApiError(500, "internal server error")
+            status, headers, body = error.status_line, [("Content-Type", JSON_TYPE)], error_json(error)
+        if environ["REQUEST_METHOD"] != "HEAD" and status[:3] not in ("204", "304"):
+            headers.append(("Content-Length", str(len(body))))
+        start_response(status, headers)
+        return [body]
+
+
+def build_app(inventory: Upstream, billing: Upstream, publisher: Publisher, max_body_bytes: int) -> Gateway:
     app = JsonApp()
     spec = openapi.document(max_body_bytes)
     spec_json = to_json(spec)
     docs_html = docs_page.render(spec).encode("utf-8")
 
+    def forwarded(upstream: Upstream) -> bottle.HTTPResponse:
+        status, headers, body = forward(upstream, bottle.request.environ, max_body_bytes)
+        return bottle.HTTPResponse(body, status, headers)
+
+    # Gateway forwards these before Bottle sees them; Bottle holds them for its router, and would forward the same.
     @app.route("/api/movies", method=["GET", "POST", "DELETE"])
     @app.route("/api/movies/<movie_id>", method=["GET", "PUT", "DELETE"])
     def movies(movie_id: str | None = None) -> bottle.HTTPResponse:
-        return _proxy(inventory, max_body_bytes)
+        return forwarded(inventory)
 
     @app.get("/api/orders")
     def orders() -> bottle.HTTPResponse:
-        return _proxy(billing, max_body_bytes)
+        return forwarded(billing)
 
     @app.post("/api/billing")
     def create_order() -> Any:
@@ -152,7 +203,9 @@ def build_app(inventory: Upstream, billing: Upstream, publisher: Publisher, max_
     def docs() -> bottle.HTTPResponse:
         return bottle.HTTPResponse(docs_html, 200, **{"Content-Type": "text/html; charset=utf-8"})
 
-    return app
+    upstreams = {movies: inventory, orders: billing}
+    return Gateway(app, {route: upstreams[route.callback] for route in app.routes if route.callback in upstreams},
+                   max_body_bytes)  # fmt: skip
 
 
 def _probe(upstream: Upstream, request_id: str) -> str:
