@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as dt
+import itertools
 import json
 import os
 import re
@@ -35,9 +36,14 @@ CORES = os.cpu_count() or 1
 
 
 def save_results(result: dict[str, Any], suffix: str = "") -> Path:
-    """Writes a run's figures to bench/results/<date><suffix>.json and returns the path."""
+    """Writes a run's figures to bench/results/<date><suffix>.json (-2, -3... if taken: earlier runs are cited)
+    and returns the path."""
     RESULTS.mkdir(exist_ok=True)
     out = RESULTS / f"{dt.date.today().isoformat()}{suffix}.json"
+    for n in itertools.count(2):
+        if not out.exists():
+            break
+        out = RESULTS / f"{dt.date.today().isoformat()}{suffix}-{n}.json"
     out.write_text(json.dumps(result, indent=2) + "\n")
     return out
 
@@ -217,29 +223,33 @@ def purge(stack: Stack) -> None:
 # --- measurements ----------------------------------------------------------------------------------------
 
 
-def idle_usage(stack: Stack, samples: int = 6, interval: float = 5.0) -> dict[str, Any]:
-    """Average CPU (% of the whole machine) and memory of each container while idle."""
-    names = [stack.container(s) for s in SERVICES]
-    cpu: dict[str, list[float]] = {n: [] for n in names}
-    mem: dict[str, float] = {}
-    for _ in range(samples):
-        out = run("docker", "stats", "--no-stream", "--format", "{{.Name}} {{.CPUPerc}} {{.MemUsage}}", *names).stdout
-        for line in out.splitlines():
-            name, perc, usage = line.split(" ", 2)
-            cpu[name].append(float(perc.rstrip("%")))
-            value, unit = re.match(r"([\d.]+)\s*([KMG]i?B)", usage).groups()
-            mem[name] = (
-                float(value) * {"KiB": 1 / 1024, "MiB": 1, "GiB": 1024, "kB": 1 / 1000, "MB": 1, "GB": 1000}[unit]
-            )
-        time.sleep(interval)
-    per_container = {
-        n.removeprefix(stack.container("")): {"cpu_pct_of_machine": sum(v) / len(v) / CORES, "mem_mib": mem[n]}
-        for n, v in cpu.items()
+def idle(stack: Stack, seconds: float, names: list[str] | None = None) -> dict[str, Any]:
+    """CPU (% of the machine, from cgroup CPU time: healthcheck probes included, which ``docker stats`` samples
+    mostly miss) and memory of each container (``names``, default the six) over ``seconds``."""
+    names = names or [stack.container(s) for s in SERVICES]
+    ids = dict(zip(names, run("docker", "inspect", "-f", "{{.Id}}", *names).stdout.split(), strict=True))
+    before, started = {n: cpu_ns(i) for n, i in ids.items()}, time.monotonic()
+    time.sleep(seconds)
+    after, elapsed = {n: cpu_ns(i) for n, i in ids.items()}, time.monotonic() - started
+    memory = {}
+    for line in run(
+        "docker", "stats", "--no-stream", "--format", "{{.Name}} {{.MemUsage}}", *names
+    ).stdout.splitlines():
+        name, usage = line.split(" ", 1)
+        value, unit = usage.split("/")[0].strip()[:-3], usage.split("/")[0].strip()[-3:]
+        memory[name] = float(value) * {"KiB": 1 / 1024, "MiB": 1, "GiB": 1024}[unit]
+    containers = {
+        n.removeprefix(stack.container("")): {
+            "cpu_pct_of_machine": round(100 * (after[n] - before[n]) / 1e9 / elapsed / CORES, 3),
+            "mem_mib": round(memory[n], 1),
+        }
+        for n in names
+        if before[n] is not None and after[n] is not None
     }
     return {
-        "containers": per_container,
-        "stack_cpu_pct_of_machine": sum(c["cpu_pct_of_machine"] for c in per_container.values()),
-        "stack_mem_mib": sum(c["mem_mib"] for c in per_container.values()),
+        "containers": containers,
+        "stack_cpu_pct_of_machine": round(sum(c["cpu_pct_of_machine"] for c in containers.values()), 3),
+        "stack_mem_mib": round(sum(c["mem_mib"] for c in containers.values()), 1),
     }
 
 
@@ -418,9 +428,9 @@ def main() -> None:
         stack.compose("up", "--detach", "--wait", "--wait-timeout", "300")
         results["cold_up_to_healthy_s"] = time.monotonic() - started
         results["image_size_mb"] = image_sizes()
-        log("measuring idle CPU and memory (30 s)")
+        log("measuring idle CPU and memory (60 s)")
         time.sleep(10)
-        results["idle"] = idle_usage(stack)
+        results["idle"] = idle(stack, 60)
 
         log("seeding 10k movies")
         stack.psql(
@@ -460,6 +470,7 @@ def main() -> None:
         )
         hello = f"http://{ip_of(stack, hello_name)}:8080/"
         load = Wrk(stack, options.duration, scripts, (hello_name,))
+        last_order = int(stack.psql("billing-db", "SELECT coalesce(max(id), 0) FROM orders"))
         time.sleep(2)
         http: dict[str, Any] = {}
         try:
@@ -476,6 +487,13 @@ def main() -> None:
             run("docker", "rm", "-f", hello_name, check=False)
         results["http"] = http
         wait_for(lambda: stack.queue_depth("billing_queue") == 0, 300, 1, "the billing posts to drain")
+        # Every 2xx of the POST runs is an order the broker confirmed: each must be a row once the queue is
+        # empty (billing-app acknowledges after the commit). A few more rows than answers is normal: wrk
+        # stops with requests in flight, which the gateway still publishes.
+        answered = sum(h["billing_gateway"]["requests"] - h["billing_gateway"]["errors"] for h in http.values())
+        stored = order_count(stack, last_order)
+        results["orders"] = {"answered_2xx": answered, "stored": stored, "lost": max(0, answered - stored)}
+        log(f"  orders: {results['orders']}")
 
         log("reference: RabbitMQ publish with confirms")
         results["publish_ceiling"] = publish_ceiling(stack, 2000)
@@ -526,6 +544,12 @@ def table(r: dict[str, Any]) -> str:
             f"p99 {b['p99_ms']} ms, {b['errors']} errors) | pika confirms, 8 parallel: "
             f"{r['publish_ceiling']['parallel8_per_s']:.0f}/s | "
             f"{ratio(b['rps'], r['publish_ceiling']['parallel8_per_s'])} |"
+        )
+    if "orders" in r:  # not in the runs before 2026-12-02
+        o = r["orders"]
+        rows.append(
+            f"| confirmed POSTs of both runs: 2xx answers, orders stored | {o['answered_2xx']}, {o['stored']} | "
+            f"lost: {o['lost']} | |"
         )
     rows.append(
         f"| pika publish with confirms, one at a time | {r['publish_ceiling']['sequential_per_s']:.0f} msg/s | | |"

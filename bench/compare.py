@@ -26,7 +26,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench import CORES, Wrk, cpu_ns, ip_of, log, save_results
+from bench import CORES, Wrk, idle, ip_of, log, save_results
 
 from stack import ROOT, SERVICES, Stack, make_env_file, run, wait_for
 
@@ -61,35 +61,6 @@ def export_tree(revision: str, into: Path) -> Path:
     )
     subprocess.run(["tar", "-x", "-C", str(into)], input=archive.stdout, check=True)
     return into
-
-
-def idle(stack: TreeStack, seconds: float) -> dict[str, Any]:
-    """CPU (% of the machine, from cgroup CPU time) and memory of each container over ``seconds``."""
-    names = stack.containers()
-    ids = dict(zip(names, run("docker", "inspect", "-f", "{{.Id}}", *names).stdout.split(), strict=True))
-    before, started = {n: cpu_ns(i) for n, i in ids.items()}, time.monotonic()
-    time.sleep(seconds)
-    after, elapsed = {n: cpu_ns(i) for n, i in ids.items()}, time.monotonic() - started
-    memory = {}
-    for line in run(
-        "docker", "stats", "--no-stream", "--format", "{{.Name}} {{.MemUsage}}", *names
-    ).stdout.splitlines():
-        name, usage = line.split(" ", 1)
-        value, unit = usage.split("/")[0].strip()[:-3], usage.split("/")[0].strip()[-3:]
-        memory[name] = float(value) * {"KiB": 1 / 1024, "MiB": 1, "GiB": 1024}[unit]
-    containers = {
-        n.removeprefix(stack.container("")): {
-            "cpu_pct_of_machine": round(100 * (after[n] - before[n]) / 1e9 / elapsed / CORES, 3),
-            "mem_mib": round(memory[n], 1),
-        }
-        for n in names
-        if before[n] is not None and after[n] is not None
-    }
-    return {
-        "containers": containers,
-        "stack_cpu_pct_of_machine": round(sum(c["cpu_pct_of_machine"] for c in containers.values()), 3),
-        "stack_mem_mib": round(sum(c["mem_mib"] for c in containers.values()), 1),
-    }
 
 
 def start(stack: TreeStack) -> None:
@@ -149,6 +120,7 @@ def table(result: dict[str, Any]) -> str:
     rows = [
         f"before = {result['before']['revision']}, after = this tree ({result['after']['revision']})"
         + (", Prometheus scraping during the after rounds" if result["monitoring"] else "")
+        + (", one stack, only the app images swapped" if result.get("apps_only") else "")
         + f"; median of {result['rounds']} alternating rounds, wrk c16, {result['duration_s']} s each.",
         "",
         "| run | req/s before → after | CPU µs/request (all containers) before → after | ratio | after, each |",
@@ -179,12 +151,29 @@ def build_all(stacks: dict[str, Any]) -> None:
         stack.compose("build")
 
 
+APPS = SERVICES[3:]  # inventory-app, billing-app, api-gateway-app
+
+
+def swap_apps(stack: TreeStack, image_of: dict[str, str]) -> None:
+    """The stack's app images pointed at ``image_of`` (service -> image), then the stack brought up: compose
+    recreates the containers whose image changed, the databases and the broker keep running."""
+    for service, image in image_of.items():
+        run("docker", "tag", image, f"{stack.env['TEST_PREFIX']}/{service}")
+    start(stack)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--before", required=True, help="git revision to compare this tree with")
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds per tree (default 3)")
     parser.add_argument("--duration", type=int, default=15, help="seconds per wrk run (default 15)")
     parser.add_argument("--monitoring", action="store_true", help="run this tree's Prometheus during its rounds")
+    parser.add_argument(
+        "--apps-only",
+        action="store_true",
+        help="one stack (this tree's), only the three app images swapped between rounds: for a change to the apps, "
+        "without the variance of a second set of databases and broker",
+    )
     options = parser.parse_args()
 
     workdir = Path(tempfile.mkdtemp(prefix="pwc-compare-"))
@@ -203,23 +192,37 @@ def main() -> None:
         "rounds": options.rounds,
         "duration_s": options.duration,
         "monitoring": options.monitoring,
+        "apps_only": options.apps_only,
     }
+    # With --apps-only each side's app images, kept under a tag of their own while the stack's names are swapped.
+    saved = {side: {a: f"{stacks[side].env['TEST_PREFIX']}/{a}:{side}" for a in APPS} for side in stacks}
     try:
         build_all(stacks)
+        if options.apps_only:
+            for side, stack in stacks.items():
+                for app, tag in saved[side].items():
+                    run("docker", "tag", f"{stack.env['TEST_PREFIX']}/{app}", tag)
         for n in range(options.rounds):
             for side, stack in stacks.items():
                 log(f"round {n + 1}: {side}")
-                start(stack)
+                if options.apps_only:
+                    stack = stacks["after"]
+                    swap_apps(stack, saved[side])
+                else:
+                    start(stack)
                 if n == 0:
                     time.sleep(10)  # past the start-up work
                     result[side] = {"revision": options.before if side == "before" else revision}
-                    result[side]["idle"] = idle(stack, 60)
+                    result[side]["idle"] = idle(stack, 60, stack.containers())
                     log(f"  idle: {result[side]['idle']['stack_cpu_pct_of_machine']} % CPU")
                 rounds[side].append(round_of(stack, options.duration, workdir))
-                stack.compose("stop", "--timeout", "30")
+                if not options.apps_only:
+                    stack.compose("stop", "--timeout", "30")
     finally:
         for stack in stacks.values():
             stack.compose("down", "--volumes", "--remove-orphans", "--timeout", "30", check=False)
+        if options.apps_only:
+            run("docker", "image", "rm", *(tag for tags in saved.values() for tag in tags.values()), check=False)
         shutil.rmtree(before_root, ignore_errors=True)
     for side in stacks:
         result[side]["http"] = summary(rounds[side])

@@ -42,8 +42,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench import CORES, cpu_ns, log, save_results
-from compare import TreeStack, build_all, export_tree, idle
+from bench import CORES, cpu_ns, idle, log, save_results
+from compare import TreeStack, build_all, export_tree
 
 from stack import ROOT, SERVICES, make_env_file, run
 

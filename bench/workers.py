@@ -19,8 +19,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench import Wrk, ip_of, log, save_results
-from compare import TreeStack, idle, seed
+from bench import Wrk, idle, ip_of, log, save_results
+from compare import TreeStack, seed
 
 from stack import make_env_file, run
 
