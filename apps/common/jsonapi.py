@@ -51,12 +51,15 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
-def read_json_object(max_bytes: int) -> dict[str, Any]:
-    """The request body as a JSON object, or an :class:`ApiError` (415, 413, 400)."""
-    content_type = bottle.request.content_type.split(";")[0].strip().lower()
+def read_json_object(max_bytes: int, environ: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The request body as a JSON object, or an :class:`ApiError` (415, 413, 400). ``environ``: as for
+    :func:`read_body`."""
+    if environ is None:
+        environ = bottle.request.environ
+    content_type = environ.get("CONTENT_TYPE", "").split(";")[0].strip().lower()
     if content_type != "application/json":
         raise ApiError(415, "request body must be JSON (Content-Type: application/json)")
-    raw = read_body(max_bytes)
+    raw = read_body(max_bytes, environ)
     if not raw.strip():
         raise ApiError(400, "request body is empty; a JSON object is expected")
     try:

@@ -1,7 +1,8 @@
 """The gateway forwards its proxied routes without Bottle's request and response objects
 (api_gateway_app.routes.Gateway): each request here is answered by that path and by Bottle's own route for
 it, against a real HTTP upstream on loopback, and the two answers must be the same: status line, headers,
-body, errors included (413, 502, 404 and 405 for what no route takes)."""
+body, errors included (413, 502, 404 and 405 for what no route takes). Orders (POST /api/billing) likewise,
+for each way a publish can end."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from typing import Any
 import pytest
 
 from api_gateway_app.proxy import Upstream
-from api_gateway_app.publisher import Publisher
+from api_gateway_app.publisher import Publisher, PublishUnconfirmed
 from api_gateway_app.routes import Gateway, build_app
 from common.amqp import BrokerSettings
 from common.config import Env
@@ -84,7 +85,9 @@ def gateway() -> Iterator[Gateway]:
     server.server_close()
 
 
-def call(app: Any, method: str, target: str, body: bytes = b"", **headers: str) -> tuple[str, list, bytes, bool]:
+def call(
+    app: Any, method: str, target: str, body: bytes = b"", content_type: str = "application/json", **headers: str
+) -> tuple[str, list, bytes, bool]:
     """Status line, headers (Date left out), body, and whether Bottle answered it."""
     path, _, query = target.partition("?")
     environ = {
@@ -94,7 +97,7 @@ def call(app: Any, method: str, target: str, body: bytes = b"", **headers: str) 
         "HTTP_X_REQUEST_ID": "fixed-request-id", "HTTP_USER_AGENT": "curl/8.0",
     }  # fmt: skip
     if body:
-        environ.update(CONTENT_LENGTH=str(len(body)), CONTENT_TYPE="application/json")
+        environ.update(CONTENT_LENGTH=str(len(body)), CONTENT_TYPE=content_type)
     environ.update({f"HTTP_{name.upper()}": value for name, value in headers.items()})
     answer: dict[str, Any] = {}
 
@@ -141,3 +144,58 @@ def test_a_forwarded_request_is_answered_as_bottle_would_answer_it(
         names = {name.lower() for name, _ in forwarded["headers"]}
         assert "x-drop" not in names  # named in Connection: this hop's only
         assert "x-forwarded-for" in names
+
+
+class Outcome(Publisher):
+    """A publisher whose publish ends as the test says (the broker's side of each outcome is tested end to end,
+    against the real broker, in tests/e2e): "confirmed", "unconfirmed", or "down" (the real never-started
+    publisher's own refusal)."""
+
+    outcome = "down"
+
+    def _publish(self, message: Any) -> None:
+        if self.outcome == "confirmed":
+            return
+        if self.outcome == "unconfirmed":
+            raise PublishUnconfirmed("no confirm in time")
+        super()._publish(message)
+
+
+ORDER = b'{"user_id": 7, "number_of_items": 2, "total_amount": "19.90"}'
+ORDERS = [
+    ("confirmed", ORDER, "application/json", {"IDEMPOTENCY_KEY": "order-1"}, 200),
+    ("unconfirmed", ORDER, "application/json", {"IDEMPOTENCY_KEY": "order-2"}, 202),
+    ("down", ORDER, "application/json; charset=utf-8", {"IDEMPOTENCY_KEY": "order-3"}, 503),
+    ("confirmed", ORDER, "text/plain", {}, 415),
+    ("confirmed", b'{"user_id": 7}', "application/json", {}, 400),
+    ("confirmed", b"{not json", "application/json", {}, 400),
+    ("confirmed", ORDER, "application/json", {"IDEMPOTENCY_KEY": "has space"}, 400),
+    ("confirmed", b" " * (MAX_BODY + 1), "application/json", {}, 413),
+]
+
+
+@pytest.mark.parametrize(
+    ("outcome", "body", "content_type", "headers", "expected"), ORDERS, ids=[f"{o[4]} {o[0]}" for o in ORDERS]
+)
+def test_an_order_is_answered_as_bottle_would_answer_it(
+    gateway: Gateway, outcome: str, body: bytes, content_type: str, headers: dict[str, str], expected: int
+) -> None:
+    env = Env({"RABBITMQ_GATEWAY_USER": "unused", "RABBITMQ_GATEWAY_PASSWORD": "unused"})
+    publisher = Outcome(BrokerSettings.from_env(env, "GATEWAY"), 1.0)
+    publisher.outcome = outcome
+    upstream = Upstream("inventory-app", "http://127.0.0.1:9", 1, 2, 8)  # no route here reaches an upstream
+    app = build_app(upstream, upstream, publisher, MAX_BODY)
+    fast = call(app, "POST", "/api/billing", body, content_type, **headers)
+    through_bottle = call(app.app, "POST", "/api/billing", body, content_type, **headers)
+    assert fast[:3] == through_bottle[:3]
+    assert not fast[3] and through_bottle[3]
+    assert int(fast[0].split()[0]) == expected
+    answer = json.loads(fast[2])
+    if expected == 200:
+        assert answer == {"status": "queued", "message_id": answer["message_id"]}
+    elif expected == 202:
+        assert answer["status"] == "unconfirmed" and answer["request_id"] == "fixed-request-id"
+    else:
+        assert answer["error"] and answer["request_id"] == "fixed-request-id"
+    if expected == 503:
+        assert ("Retry-After", "5") in fast[1]
