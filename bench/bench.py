@@ -1,4 +1,4 @@
-"""Benchmark of the stack against the physical limits of this machine (issue: benchmarks).
+"""Benchmark of the stack against the physical limits of this machine.
 
 Every figure is reported with its physical reference measured in the same run, and the ratio:
 - HTTP: gateway vs the same request straight to inventory-app vs a bare waitress "hello" app;
