@@ -178,7 +178,7 @@ ORDERS = [
     ("outcome", "body", "content_type", "headers", "expected"), ORDERS, ids=[f"{o[4]} {o[0]}" for o in ORDERS]
 )
 def test_an_order_is_answered_as_bottle_would_answer_it(
-    gateway: Gateway, outcome: str, body: bytes, content_type: str, headers: dict[str, str], expected: int
+    outcome: str, body: bytes, content_type: str, headers: dict[str, str], expected: int
 ) -> None:
     env = Env({"RABBITMQ_GATEWAY_USER": "unused", "RABBITMQ_GATEWAY_PASSWORD": "unused"})
     publisher = Outcome(BrokerSettings.from_env(env, "GATEWAY"), 1.0)
